@@ -1,0 +1,133 @@
+//! The session and its tables: one SQL table per configured source, local or object store.
+
+use std::sync::Arc;
+
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use object_store::ObjectStore;
+
+use crate::config::{Location, Settings};
+use crate::error::{Error, Result, df_message};
+
+/// A session bounded by `memory_limit_mb`, with the crate's functions registered.
+pub fn session(settings: &Settings) -> Result<SessionContext> {
+    let bytes = settings.limits.memory_limit_mb as usize * 1024 * 1024;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(bytes)))
+        .build_arc()
+        .map_err(|e| Error::Internal(df_message("memory pool", &e)))?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let config = SessionConfig::new()
+        .with_target_partitions(threads)
+        .with_information_schema(false);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    for udf in crate::identity::udf::all()
+        .into_iter()
+        .chain(crate::diff::row_hash::all())
+    {
+        ctx.register_udf(udf);
+    }
+    Ok(ctx)
+}
+
+/// Builds the object store for a bucket/container URL from the environment's usual
+/// credentials (`AWS_*`, `GOOGLE_*`, `AZURE_*` variables).
+pub fn object_store_for(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
+    let fail = |e: object_store::Error| {
+        Error::config(format!(
+            "object store for {}: {}",
+            redact(url),
+            one_line(&e)
+        ))
+    };
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "s3" | "s3a" => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(fail)?,
+        ),
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(fail)?,
+        ),
+        "az" | "abfs" | "abfss" | "azure" => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(fail)?,
+        ),
+        other => return Err(Error::config(format!("unsupported URL scheme {other}://"))),
+    };
+    Ok(store)
+}
+
+/// Registers the store serving `url` on the session (idempotent per bucket).
+pub fn register_store(ctx: &SessionContext, url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
+    let store = object_store_for(url)?;
+    ctx.register_object_store(url, Arc::clone(&store));
+    Ok(store)
+}
+
+/// A URL without credentials or query, for messages.
+pub fn redact(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    u.set_query(None);
+    u.to_string()
+}
+
+pub fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// Registers every configured source as a SQL table; errors name the table and location.
+pub async fn register_sources(ctx: &SessionContext, settings: &Settings) -> Result<()> {
+    for (table, loc) in &settings.tables {
+        let path = match loc {
+            Location::Local(p) => {
+                let s = p.to_string_lossy();
+                let is_glob = s.contains(['*', '?', '[']);
+                if !is_glob && !p.exists() {
+                    return Err(Error::Input(format!(
+                        "[source] tables.{table}: {} does not exist",
+                        p.display()
+                    )));
+                }
+                let mut s = s.into_owned();
+                if p.is_dir() && !s.ends_with('/') {
+                    s.push('/');
+                }
+                s
+            }
+            Location::Url(u) => {
+                register_store(ctx, u)?;
+                u.to_string()
+            }
+        };
+        let ext = if path.ends_with('/') || path.contains(['*', '?', '[']) {
+            ".parquet"
+        } else {
+            ""
+        };
+        let opts = ParquetReadOptions::default().file_extension(ext);
+        ctx.register_parquet(table.as_str(), &path, opts)
+            .await
+            .map_err(|e| {
+                Error::Input(df_message(
+                    &format!("[source] tables.{table}: cannot read {loc}"),
+                    &e,
+                ))
+            })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Command-line interface (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "voyado-sync",
+    version,
+    about = "Keep Voyado Engage contacts in sync with a SQL model over Parquet extracts, sending only what changed"
+)]
+pub struct Cli {
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More detail on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The sync's TOML configuration file.
+    #[arg(
+        short,
+        long,
+        env = "VOYADO_SYNC_CONFIG",
+        default_value = "voyado-sync.toml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration, sources, model and mapping without sending anything.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Dry run: count new, changed, unchanged, deleted and invalid rows. Writes nothing.
+    Plan {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print exactly one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Adopt the model's current output as the snapshot without sending anything.
+    Baseline {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget the snapshot so the next run sends every row.
+    Reset {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}

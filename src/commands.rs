@@ -1,0 +1,255 @@
+//! The commands that work on the model and the state without calling Voyado: `check`,
+//! `plan`, `baseline` and `reset`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use datafusion::prelude::SessionContext;
+
+use crate::config::{self, Settings};
+use crate::diff::{self, CHANGED, KIND, NEW, UNCHANGED};
+use crate::error::{Error, Result, df_message};
+use crate::report::{Report, new_run_id};
+use crate::state::{self, NewSnapshot, State, quote};
+
+/// What `check` found: non-fatal notes (fatal problems are returned as `Error::Config`).
+#[derive(Debug)]
+pub struct CheckOutcome {
+    pub settings: Settings,
+    pub columns: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Validates everything that can be validated without sending data.
+pub async fn check(config_path: &Path) -> Result<CheckOutcome> {
+    let settings = config::load(config_path)?;
+    let mut problems = Vec::new();
+    if let Err(p) = settings.destination.api_key.check_available() {
+        problems.push(p);
+    }
+    let ctx = crate::catalog::session(&settings)?;
+    let mut columns = Vec::new();
+    match crate::catalog::register_sources(&ctx, &settings).await {
+        Err(e) => problems.push(e.to_string()),
+        Ok(()) => match crate::model::plan(&ctx, &settings).await {
+            Err(e) => problems.push(e.to_string()),
+            Ok(df) => {
+                let schema = df.schema().as_arrow().clone();
+                columns = schema
+                    .fields()
+                    .iter()
+                    .map(|f| format!("{} {}", f.name(), f.data_type()))
+                    .collect();
+                problems.extend(crate::model::check_output(&schema, &settings));
+            }
+        },
+    }
+    match State::open(&ctx, &settings, false) {
+        Err(e) => problems.push(e.to_string()),
+        Ok(state) => match state.manifest().await {
+            Err(e) => problems.push(e.to_string()),
+            Ok(Some(m)) if m.identifier_key != settings.key.as_str() => problems.push(format!(
+                "[identifier] key: the state was built with key {}, not {}; run `voyado-sync reset` to start over with the new key",
+                m.identifier_key,
+                settings.key.as_str()
+            )),
+            Ok(_) => {}
+        },
+    }
+    if !problems.is_empty() {
+        return Err(Error::Config(problems));
+    }
+    let notes = settings.notes.clone();
+    Ok(CheckOutcome {
+        settings,
+        columns,
+        notes,
+    })
+}
+
+struct Prepared {
+    settings: Settings,
+    ctx: SessionContext,
+    state: State,
+    run_id: String,
+    started: chrono::DateTime<chrono::Utc>,
+    clock: Instant,
+}
+
+async fn prepare(config_path: &Path, create_state: bool) -> Result<Prepared> {
+    let started = chrono::Utc::now();
+    let clock = Instant::now();
+    let settings = config::load(config_path)?;
+    let ctx = crate::catalog::session(&settings)?;
+    crate::catalog::register_sources(&ctx, &settings).await?;
+    let state = State::open(&ctx, &settings, create_state)?;
+    Ok(Prepared {
+        settings,
+        ctx,
+        state,
+        run_id: new_run_id(started),
+        started,
+        clock,
+    })
+}
+
+impl Prepared {
+    fn report(&self, command: &str, summary: diff::Summary) -> Report {
+        Report {
+            run_id: self.run_id.clone(),
+            sync: self.settings.name.clone(),
+            command: command.to_string(),
+            mode: self.settings.mode.as_str().to_string(),
+            started_at: self
+                .started
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            duration_ms: self.clock.elapsed().as_millis() as u64,
+            counts: summary.counts,
+            samples: summary.samples,
+        }
+    }
+
+    async fn change_set(&self) -> Result<(diff::ChangeSet, Option<state::Manifest>)> {
+        let manifest = self.state.manifest().await?;
+        let snapshot = match &manifest {
+            Some(m) => Some((self.state.load(&self.ctx, m).await?, m)),
+            None => None,
+        };
+        let set = diff::plan(&self.ctx, &self.settings, snapshot).await?;
+        Ok((set, manifest))
+    }
+}
+
+/// A dry run: counts of new / changed / unchanged / deleted / invalid rows. Writes nothing,
+/// calls nothing.
+pub async fn plan(config_path: &Path) -> Result<Report> {
+    let p = prepare(config_path, false).await?;
+    let (set, _) = p.change_set().await?;
+    let summary = diff::summarize(&set).await?;
+    tracing::info!(
+        new = summary.counts.new,
+        changed = summary.counts.changed,
+        unchanged = summary.counts.unchanged,
+        deleted = summary.counts.deleted,
+        invalid = summary.counts.invalid,
+        "change set computed"
+    );
+    Ok(p.report("plan", summary))
+}
+
+/// Adopts the model's current valid rows as the snapshot (status delivered), for a
+/// destination that already holds the data. Known contactIds are kept.
+pub async fn baseline(config_path: &Path) -> Result<Report> {
+    let p = prepare(config_path, true).await?;
+    let lock = p
+        .state
+        .lock(&p.run_id, "baseline", p.settings.lock_stale_secs)
+        .await?;
+    let result = baseline_locked(&p).await;
+    let released = lock.release().await;
+    let report = result?;
+    released?;
+    Ok(report)
+}
+
+async fn baseline_locked(p: &Prepared) -> Result<Report> {
+    let (set, manifest) = p.change_set().await?;
+    let summary = diff::summarize(&set).await?;
+    let mut cols = vec![
+        quote(state::IDENTIFIER),
+        quote(state::CONTACT_ID),
+        format!("'{}' AS {}", state::DELIVERED, quote(state::STATUS)),
+        quote(state::ROW_HASH),
+    ];
+    cols.extend(p.settings.attributes.iter().map(|m| quote(&m.attribute)));
+    let mut rows: Option<datafusion::prelude::DataFrame> = None;
+    for (i, df) in set.buckets.iter().enumerate() {
+        let name = format!("__vs_baseline_{i}");
+        p.ctx
+            .register_table(name.as_str(), df.clone().into_view())
+            .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
+        let df = p
+            .ctx
+            .sql(&format!(
+                "SELECT {} FROM {name} WHERE {KIND} IN ('{NEW}', '{CHANGED}', '{UNCHANGED}')",
+                cols.join(", ")
+            ))
+            .await
+            .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
+        rows = Some(match rows {
+            None => df,
+            Some(r) => r
+                .union(df)
+                .map_err(|e| Error::Internal(df_message("baseline", &e)))?,
+        });
+    }
+    let Some(rows) = rows else {
+        return Err(Error::Internal("change set has no buckets".into()));
+    };
+    let committed = p
+        .state
+        .commit(
+            manifest.as_ref(),
+            rows,
+            &NewSnapshot {
+                run_id: p.run_id.clone(),
+                identifier_key: p.settings.key.as_str().to_string(),
+                attributes: set.attributes.clone(),
+            },
+        )
+        .await?;
+    tracing::info!(
+        rows = committed.snapshot_rows,
+        generation = committed.generation,
+        "baseline committed"
+    );
+    let report = p.report("baseline", summary);
+    store_report(p, &report).await;
+    Ok(report)
+}
+
+/// Forgets the snapshot so the next run is a full sync.
+pub async fn reset(config_path: &Path) -> Result<bool> {
+    let p = prepare_state_only(config_path).await?;
+    let lock = p
+        .state
+        .lock(&p.run_id, "reset", p.settings.lock_stale_secs)
+        .await?;
+    let result = p.state.reset().await;
+    let released = lock.release().await;
+    let existed = result?;
+    released?;
+    Ok(existed)
+}
+
+/// Like `prepare`, without reading the sources (reset must work when they are gone).
+async fn prepare_state_only(config_path: &Path) -> Result<Prepared> {
+    let started = chrono::Utc::now();
+    let settings = config::load(config_path)?;
+    let ctx = crate::catalog::session(&settings)?;
+    let state = State::open(&ctx, &settings, true)?;
+    Ok(Prepared {
+        settings,
+        ctx,
+        state,
+        run_id: new_run_id(started),
+        started,
+        clock: Instant::now(),
+    })
+}
+
+/// Stores a report with the state; a failure here is logged, not fatal (the state itself
+/// is already committed).
+async fn store_report(p: &Prepared, report: &Report) {
+    let value = match serde_json::to_value(report) {
+        Ok(v) => v,
+        Err(_) => return,
+    };
+    if let Err(e) = p
+        .state
+        .put_json(&format!("reports/{}.json", report.run_id), &value)
+        .await
+    {
+        tracing::warn!(error = %e, "could not store the run report");
+    }
+}

@@ -1,0 +1,166 @@
+//! The user-facing configuration contract: `XxxConfig` is what users write (TOML, unknown
+//! keys refused), `Settings` is the validated form every later stage relies on.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub use validate::{
+    ApiKeySource, AttributeMapping, DestinationSettings, Key, Limits, Location, Mode, Settings,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub name: String,
+    pub source: SourceConfig,
+    pub model: ModelConfig,
+    pub destination: DestinationConfig,
+    pub identifier: IdentifierConfig,
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    #[serde(default)]
+    pub custom_attributes: CustomAttributesConfig,
+    pub sync: SyncConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// SQL table name -> Parquet file, folder or glob (local path or object-store URL).
+    pub tables: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub query: Option<String>,
+    pub sql: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    pub url: String,
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<String>,
+    #[serde(default = "default_contact_type")]
+    pub contact_type: String,
+    pub source: Option<String>,
+    pub store_external_id: Option<String>,
+}
+
+fn default_contact_type() -> String {
+    "Member".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifierConfig {
+    pub column: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomAttributesConfig {
+    #[serde(default)]
+    pub columns: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    pub mode: String,
+    #[serde(default = "default_state")]
+    pub state: String,
+    #[serde(default = "default_lock_stale_secs")]
+    pub lock_stale_secs: u64,
+}
+
+fn default_state() -> String {
+    ".voyado-sync".to_string()
+}
+
+fn default_lock_stale_secs() -> u64 {
+    3600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_rps")]
+    pub requests_per_second: u32,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: u64,
+    /// 0 = choose from the snapshot size and the memory limit.
+    #[serde(default)]
+    pub diff_partitions: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            requests_per_second: default_rps(),
+            concurrency: default_concurrency(),
+            memory_limit_mb: default_memory_limit_mb(),
+            diff_partitions: 0,
+        }
+    }
+}
+
+fn default_rps() -> u32 {
+    40
+}
+fn default_concurrency() -> u32 {
+    8
+}
+fn default_memory_limit_mb() -> u64 {
+    2048
+}
+
+/// Reads and validates a configuration file; every problem found is one line of the error.
+pub fn load(path: &Path) -> Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("cannot read config file {}: {e}", path.display())))?;
+    let config = parse(&text, path)?;
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    validate::validate(config, &dir)
+}
+
+/// Parses TOML into [`Config`], turning serde's multi-line report into one line that names
+/// the file, line, section and key.
+pub fn parse(text: &str, path: &Path) -> Result<Config> {
+    toml::from_str::<Config>(text).map_err(|e| {
+        let mut msg = e.message().trim().replace('\n', " ");
+        if let Some(span) = e.span() {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let section = before
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| l.starts_with('[') && l.ends_with(']'))
+                .map(|l| format!(" in {l}"))
+                .unwrap_or_default();
+            msg = format!("{}:{line}{section}: {msg}", path.display());
+        } else {
+            msg = format!("{}: {msg}", path.display());
+        }
+        Error::config(msg)
+    })
+}

@@ -1,0 +1,582 @@
+//! Static validation: everything that can be checked from the file alone. Checks that need
+//! the model's output schema (columns exist, types supported) live in `model`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::Config;
+use crate::error::{Error, Result};
+
+/// A validated, ready-to-use configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: String,
+    pub config_dir: PathBuf,
+    /// SQL table name -> where its Parquet data lives.
+    pub tables: Vec<(String, Location)>,
+    pub model_sql: String,
+    /// Where the SQL came from, for error messages.
+    pub model_origin: String,
+    pub destination: DestinationSettings,
+    pub identifier_column: String,
+    pub key: Key,
+    /// Mapped columns, sorted by attribute name (the order the row hash uses).
+    pub attributes: Vec<AttributeMapping>,
+    pub mode: Mode,
+    /// Base state location; this sync's state lives under `<state>/<name>/`.
+    pub state: Location,
+    pub lock_stale_secs: u64,
+    pub limits: Limits,
+    /// Non-fatal findings, shown by `check`.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DestinationSettings {
+    pub url: url::Url,
+    pub api_key: ApiKeySource,
+    pub contact_type: String,
+    pub source: Option<String>,
+    pub store_external_id: Option<String>,
+}
+
+/// Where the API key comes from. The key itself is read only when needed, never stored here.
+#[derive(Debug, Clone)]
+pub enum ApiKeySource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl ApiKeySource {
+    /// Confirms the key can be read, without ever returning or printing it.
+    pub fn check_available(&self) -> std::result::Result<(), String> {
+        match self {
+            ApiKeySource::Env(var) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(()),
+                Ok(_) => Err(format!(
+                    "[destination] api_key_env: environment variable {var} is empty"
+                )),
+                Err(_) => Err(format!(
+                    "[destination] api_key_env: environment variable {var} is not set"
+                )),
+            },
+            ApiKeySource::File(path) => match std::fs::read_to_string(path) {
+                Ok(v) if !v.trim().is_empty() => Ok(()),
+                Ok(_) => Err(format!(
+                    "[destination] api_key_file: {} is empty",
+                    path.display()
+                )),
+                Err(e) => Err(format!(
+                    "[destination] api_key_file: cannot read {}: {}",
+                    path.display(),
+                    e.kind()
+                )),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeMapping {
+    /// Column of the model's output.
+    pub column: String,
+    /// Voyado contact attribute it is written to.
+    pub attribute: String,
+    /// Listed under `[custom_attributes]` (rather than `[fields]`).
+    pub custom: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Upsert,
+    Update,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Upsert => "upsert",
+            Mode::Update => "update",
+        }
+    }
+}
+
+/// How rows are matched to Voyado contacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    ContactId,
+    Email,
+    MobilePhone,
+    SocialSecurityNumber,
+    ExternalId,
+    MemberNumber,
+}
+
+impl Key {
+    pub const ALL: [Key; 6] = [
+        Key::ContactId,
+        Key::Email,
+        Key::MobilePhone,
+        Key::SocialSecurityNumber,
+        Key::ExternalId,
+        Key::MemberNumber,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Key::ContactId => "contactId",
+            Key::Email => "email",
+            Key::MobilePhone => "mobilePhone",
+            Key::SocialSecurityNumber => "socialSecurityNumber",
+            Key::ExternalId => "externalId",
+            Key::MemberNumber => "memberNumber",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Key> {
+        Key::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub requests_per_second: u32,
+    pub concurrency: u32,
+    pub memory_limit_mb: u64,
+    pub diff_partitions: u32,
+}
+
+/// A local path (absolute) or an object-store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    Url(url::Url),
+}
+
+impl Location {
+    /// Parses a user-written location; relative paths resolve against `base`.
+    pub fn parse(raw: &str, base: &Path) -> std::result::Result<Location, String> {
+        if let Some((scheme, _)) = raw.split_once("://") {
+            let scheme = scheme.to_ascii_lowercase();
+            if scheme == "file" {
+                let url = url::Url::parse(raw).map_err(|e| format!("invalid URL: {e}"))?;
+                let path = url
+                    .to_file_path()
+                    .map_err(|_| "invalid file:// URL".to_string())?;
+                return Ok(Location::Local(path));
+            }
+            if !matches!(
+                scheme.as_str(),
+                "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure"
+            ) {
+                return Err(format!(
+                    "unsupported URL scheme {scheme}:// (use a local path, file://, s3://, gs:// or az://)"
+                ));
+            }
+            let url = url::Url::parse(raw).map_err(|e| format!("invalid URL: {e}"))?;
+            if url.host_str().unwrap_or("").is_empty() {
+                return Err("URL names no bucket or container".to_string());
+            }
+            return Ok(Location::Url(url));
+        }
+        if raw.trim().is_empty() {
+            return Err("empty path".to_string());
+        }
+        let p = Path::new(raw);
+        Ok(Location::Local(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }))
+    }
+
+    /// The form DataFusion's `ListingTableUrl::parse` and object_store accept.
+    pub fn as_table_path(&self) -> String {
+        match self {
+            Location::Local(p) => p.to_string_lossy().into_owned(),
+            Location::Url(u) => u.to_string(),
+        }
+    }
+
+    pub fn join(&self, segment: &str) -> Location {
+        match self {
+            Location::Local(p) => Location::Local(p.join(segment)),
+            Location::Url(u) => {
+                let mut s = u.to_string();
+                if !s.ends_with('/') {
+                    s.push('/');
+                }
+                s.push_str(segment);
+                Location::Url(url::Url::parse(&s).unwrap_or_else(|_| u.clone()))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::Url(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+/// Voyado's documented standard contact attributes that integrations may write.
+pub const STANDARD_ATTRIBUTES: &[&str] = &[
+    "firstName",
+    "lastName",
+    "street",
+    "zipCode",
+    "city",
+    "careOf",
+    "email",
+    "mobilePhone",
+    "socialSecurityNumber",
+    "externalId",
+    "countryCode",
+    "country",
+    "birthDay",
+    "gender",
+    "createdInStore",
+    "store",
+];
+
+/// Attributes Voyado computes or manages itself; writing them is refused.
+const READ_ONLY_ATTRIBUTES: &[&str] = &[
+    "id",
+    "contactId",
+    "contactType",
+    "memberNumber",
+    "age",
+    "rfm",
+    "nps",
+];
+
+fn valid_name(s: &str, allow_dash_dot: bool) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => {}
+        _ => return false,
+    }
+    chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (allow_dash_dot && "-.".contains(c)))
+}
+
+fn valid_attribute(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    }
+}
+
+/// Validates a parsed [`Config`], collecting every problem rather than stopping at the first.
+pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
+    let mut problems: Vec<String> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+
+    if !valid_name(&config.name, true) {
+        problems.push(format!(
+            "name: {:?} must start with a letter and hold only letters, digits, '_', '-' and '.' (it names the state folder)",
+            config.name
+        ));
+    }
+
+    // [source]
+    let mut tables = Vec::new();
+    if config.source.tables.is_empty() {
+        problems.push("[source] tables: no table configured".to_string());
+    }
+    for (table, raw) in &config.source.tables {
+        if !valid_name(table, false) {
+            problems.push(format!(
+                "[source] tables.{table}: not a valid SQL table name (letters, digits and '_')"
+            ));
+        }
+        match Location::parse(raw, dir) {
+            Ok(loc) => tables.push((table.clone(), loc)),
+            Err(e) => problems.push(format!("[source] tables.{table}: {e}: {raw}")),
+        }
+    }
+
+    // [model]
+    let (model_sql, model_origin) = match (&config.model.query, &config.model.sql) {
+        (Some(_), Some(_)) => {
+            problems.push("[model]: set either query or sql, not both".to_string());
+            (String::new(), String::new())
+        }
+        (None, None) => {
+            problems.push("[model]: set query (a .sql file) or sql (inline SQL)".to_string());
+            (String::new(), String::new())
+        }
+        (Some(q), None) => {
+            let path = dir.join(q);
+            match std::fs::read_to_string(&path) {
+                Ok(sql) if !sql.trim().is_empty() => (sql, path.display().to_string()),
+                Ok(_) => {
+                    problems.push(format!("[model] query: {} is empty", path.display()));
+                    (String::new(), String::new())
+                }
+                Err(e) => {
+                    problems.push(format!(
+                        "[model] query: cannot read {}: {}",
+                        path.display(),
+                        e.kind()
+                    ));
+                    (String::new(), String::new())
+                }
+            }
+        }
+        (None, Some(sql)) => {
+            if sql.trim().is_empty() {
+                problems.push("[model] sql: is empty".to_string());
+            }
+            (sql.clone(), "[model] sql".to_string())
+        }
+    };
+
+    // [destination]
+    let dest = &config.destination;
+    let url = match url::Url::parse(&dest.url) {
+        Ok(u) => {
+            match (u.scheme(), u.host()) {
+                (_, None) => problems.push(format!("[destination] url: {} has no host", dest.url)),
+                ("https", Some(_)) => {}
+                ("http", Some(h)) if is_loopback(&h) => {}
+                ("http", Some(_)) => problems.push(format!(
+                    "[destination] url: {} must use https (plain http is allowed only for loopback hosts)",
+                    dest.url
+                )),
+                (s, _) => problems.push(format!(
+                    "[destination] url: unsupported scheme {s}:// (use https)"
+                )),
+            }
+            if !matches!(u.path(), "" | "/") || u.query().is_some() {
+                problems.push(format!(
+                    "[destination] url: {} must be the tenant's base URL, without a path or query",
+                    dest.url
+                ));
+            }
+            Some(u)
+        }
+        Err(e) => {
+            problems.push(format!(
+                "[destination] url: invalid URL {:?}: {e}",
+                dest.url
+            ));
+            None
+        }
+    };
+    let api_key = match (&dest.api_key_env, &dest.api_key_file) {
+        (Some(_), Some(_)) => {
+            problems.push(
+                "[destination]: set either api_key_env or api_key_file, not both".to_string(),
+            );
+            None
+        }
+        (None, None) => {
+            problems.push(
+                "[destination]: set api_key_env (a variable name) or api_key_file (a path)"
+                    .to_string(),
+            );
+            None
+        }
+        (Some(var), None) => {
+            if var.trim().is_empty() {
+                problems.push("[destination] api_key_env: is empty".to_string());
+            }
+            Some(ApiKeySource::Env(var.clone()))
+        }
+        (None, Some(f)) => Some(ApiKeySource::File(dir.join(f))),
+    };
+    if dest.contact_type.trim().is_empty() {
+        problems.push("[destination] contact_type: is empty".to_string());
+    }
+
+    // [sync]
+    let mode = match config.sync.mode.as_str() {
+        "upsert" => Some(Mode::Upsert),
+        "update" => Some(Mode::Update),
+        other => {
+            problems.push(format!(
+                "[sync] mode: {other:?} is not one of \"upsert\", \"update\""
+            ));
+            None
+        }
+    };
+    let state = match Location::parse(&config.sync.state, dir) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            problems.push(format!("[sync] state: {e}: {}", config.sync.state));
+            None
+        }
+    };
+
+    // [identifier]
+    let key = Key::parse(&config.identifier.key);
+    match key {
+        None => problems.push(format!(
+            "[identifier] key: {:?} is not one of {}",
+            config.identifier.key,
+            Key::ALL.map(Key::as_str).join(", ")
+        )),
+        Some(k @ (Key::ContactId | Key::MemberNumber)) if mode == Some(Mode::Upsert) => {
+            problems.push(format!(
+                "[identifier] key: {} cannot be used with mode \"upsert\": Voyado assigns it, so a contact cannot be created from it (use mode \"update\")",
+                k.as_str()
+            ))
+        }
+        _ => {}
+    }
+    if config.identifier.column.trim().is_empty() {
+        problems.push("[identifier] column: is empty".to_string());
+    }
+
+    // [fields] and [custom_attributes]
+    let mut attributes: Vec<AttributeMapping> = Vec::new();
+    let mut seen_columns: BTreeSet<&str> = BTreeSet::new();
+    let mut seen_attrs: BTreeMap<String, String> = BTreeMap::new();
+    let id_col = config.identifier.column.as_str();
+    let custom_set: BTreeSet<&str> = config
+        .custom_attributes
+        .columns
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let entries = config
+        .fields
+        .iter()
+        .map(|(c, a)| (c.as_str(), a.as_str(), false))
+        .chain(
+            config
+                .custom_attributes
+                .columns
+                .iter()
+                .map(|c| (c.as_str(), c.as_str(), true)),
+        );
+    for (column, attribute, custom) in entries {
+        let place = if custom {
+            format!("[custom_attributes] columns: {column:?}")
+        } else {
+            format!("[fields] {column}")
+        };
+        if column == id_col {
+            problems.push(format!(
+                "{place}: column {column} is the identifier column; it is sent as the key attribute, do not map it again"
+            ));
+            continue;
+        }
+        if !seen_columns.insert(column) {
+            problems.push(format!("{place}: column {column} is mapped twice"));
+            continue;
+        }
+        if !valid_attribute(attribute) {
+            problems.push(format!(
+                "{place}: {attribute:?} is not a valid attribute name (letters, digits and '_', starting with a letter)"
+            ));
+            continue;
+        }
+        if READ_ONLY_ATTRIBUTES.contains(&attribute) {
+            problems.push(format!(
+                "{place}: attribute {attribute} is managed by Voyado and cannot be written"
+            ));
+            continue;
+        }
+        if let Some(k) = key
+            && k.as_str() == attribute
+        {
+            problems.push(format!(
+                "{place}: attribute {attribute} is the identifier key; its value comes from [identifier] column"
+            ));
+            continue;
+        }
+        if let Some(other) = seen_attrs.insert(attribute.to_string(), column.to_string()) {
+            problems.push(format!(
+                "{place}: columns {other} and {column} both map to attribute {attribute}"
+            ));
+            continue;
+        }
+        if !custom && !STANDARD_ATTRIBUTES.contains(&attribute) && !custom_set.contains(attribute) {
+            notes.push(format!(
+                "[fields] {column} = {attribute:?}: not a standard Voyado attribute; it must exist as a custom attribute on the tenant, because Voyado silently ignores unknown attributes"
+            ));
+        }
+        attributes.push(AttributeMapping {
+            column: column.to_string(),
+            attribute: attribute.to_string(),
+            custom,
+        });
+    }
+    attributes.sort_by(|a, b| a.attribute.cmp(&b.attribute));
+    if config.fields.is_empty() && config.custom_attributes.columns.is_empty() {
+        problems.push(
+            "[fields]: no column is mapped; map at least one under [fields] or [custom_attributes]"
+                .to_string(),
+        );
+    }
+    if matches!(key, Some(Key::ExternalId | Key::MemberNumber)) {
+        notes.push(format!(
+            "[identifier] key {}: looked up as Voyado's customKey, which works only where the tenant uses this attribute as its custom key",
+            config.identifier.key
+        ));
+    }
+
+    // [limits]
+    let l = &config.limits;
+    if l.requests_per_second == 0 {
+        problems.push("[limits] requests_per_second: must be at least 1".to_string());
+    }
+    if l.concurrency == 0 {
+        problems.push("[limits] concurrency: must be at least 1".to_string());
+    }
+    if l.memory_limit_mb < 64 {
+        problems.push("[limits] memory_limit_mb: must be at least 64".to_string());
+    }
+    if config.sync.lock_stale_secs == 0 {
+        problems.push("[sync] lock_stale_secs: must be at least 1".to_string());
+    }
+
+    if !problems.is_empty() {
+        return Err(Error::Config(problems));
+    }
+    let (Some(url), Some(api_key), Some(mode), Some(state), Some(key)) =
+        (url, api_key, mode, state, key)
+    else {
+        return Err(Error::Internal(
+            "config validation passed without all values".into(),
+        ));
+    };
+    Ok(Settings {
+        name: config.name,
+        config_dir: dir.to_path_buf(),
+        tables,
+        model_sql,
+        model_origin,
+        destination: DestinationSettings {
+            url,
+            api_key,
+            contact_type: config.destination.contact_type,
+            source: config.destination.source,
+            store_external_id: config.destination.store_external_id,
+        },
+        identifier_column: config.identifier.column,
+        key,
+        attributes,
+        mode,
+        state,
+        lock_stale_secs: config.sync.lock_stale_secs,
+        limits: Limits {
+            requests_per_second: l.requests_per_second,
+            concurrency: l.concurrency,
+            memory_limit_mb: l.memory_limit_mb,
+            diff_partitions: l.diff_partitions,
+        },
+        notes,
+    })
+}

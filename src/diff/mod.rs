@@ -1,0 +1,332 @@
+//! Change detection: which valid model rows are new, changed, unchanged or deleted since the
+//! last successful sync, computed by DataFusion joins on the normalised identifier.
+//!
+//! The join compares a compact view of the state (identifier, row hash, contactId, status)
+//! with the model's rows and their freshly computed row hash, so memory grows with the
+//! number of identifiers, not with the width of the rows. When the state is too large for
+//! the memory budget, the model output is first written to a temporary Parquet file and the
+//! join runs once per identifier bucket (`voyado_bucket`), each bucket a fraction of the size.
+
+pub mod row_hash;
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::error::{Error, Result, df_message};
+use crate::identity;
+use crate::state::{self, Manifest, quote};
+
+/// Column names of the classified change set (attribute columns follow, by attribute name).
+pub const KIND: &str = "_kind";
+pub const RAW_IDENTIFIER: &str = "_raw_identifier";
+pub const REASON: &str = "_reason";
+pub const PREV_STATUS: &str = "_prev_status";
+
+pub const NEW: &str = "new";
+pub const CHANGED: &str = "changed";
+pub const UNCHANGED: &str = "unchanged";
+pub const DELETED: &str = "deleted";
+pub const INVALID: &str = "invalid";
+
+/// Bytes of join state per snapshot identifier, for choosing the number of buckets.
+const BYTES_PER_STATE_ROW: u64 = 160;
+const SAMPLES_PER_KIND: usize = 5;
+
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub new: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+    pub invalid: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Sample {
+    pub identifier: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Summary {
+    pub counts: Counts,
+    pub samples: BTreeMap<String, Vec<Sample>>,
+}
+
+/// The planned change set: one frame per identifier bucket, and the current mapping's
+/// attribute type classes (recorded with the next snapshot).
+pub struct ChangeSet {
+    pub buckets: Vec<DataFrame>,
+    pub attributes: BTreeMap<String, String>,
+    /// Keeps the materialised model output alive while the frames are read.
+    _spill: Option<tempfile::TempDir>,
+}
+
+/// Plans the model, the identity rules and the comparison with the state.
+/// `snapshot` is the loaded state and its manifest, or None for a first run.
+pub async fn plan(
+    ctx: &SessionContext,
+    settings: &Settings,
+    snapshot: Option<(DataFrame, &Manifest)>,
+) -> Result<ChangeSet> {
+    let model = crate::model::plan(ctx, settings).await?;
+    let problems = crate::model::check_output(model.schema().as_arrow(), settings);
+    if !problems.is_empty() {
+        return Err(Error::Config(problems));
+    }
+    let schema = model.schema().as_arrow().clone();
+    let mut attributes = BTreeMap::new();
+    for m in &settings.attributes {
+        let t = schema
+            .field_with_name(&m.column)
+            .map(|f| f.data_type().clone())
+            .unwrap_or(DataType::Null);
+        let class = row_hash::type_class(&t).unwrap_or("null");
+        attributes.insert(m.attribute.clone(), class.to_string());
+    }
+    let fail = |what: &str| {
+        let what = what.to_string();
+        move |e: datafusion::error::DataFusionError| Error::Input(df_message(&what, &e))
+    };
+    ctx.register_table("__vs_model_src", model.into_view())
+        .map_err(fail("model"))?;
+
+    // Identity rules and row hash on the model's rows.
+    let key = settings.key.as_str();
+    let id = quote(&settings.identifier_column);
+    let values = settings
+        .attributes
+        .iter()
+        .map(|m| format!("{} AS {}", quote(&m.column), quote(&m.attribute)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let pairs = settings
+        .attributes
+        .iter()
+        .map(|m| format!("'{}', {}", m.attribute, quote(&m.attribute)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let attr_cols = settings
+        .attributes
+        .iter()
+        .map(|m| quote(&m.attribute))
+        .collect::<Vec<_>>();
+    let sql = format!(
+        "SELECT {raw} AS {RAW_IDENTIFIER}, {norm}({raw}, '{key}') AS {ident}, {values} FROM __vs_model_src",
+        raw = format!("CAST({id} AS VARCHAR)"),
+        norm = identity::udf::NORMALIZE,
+        ident = state::IDENTIFIER,
+    );
+    let projected = ctx.sql(&sql).await.map_err(fail("model"))?;
+    ctx.register_table("__vs_model", projected.into_view())
+        .map_err(fail("model"))?;
+    let sql = format!(
+        "SELECT m.*, TRUE AS __present, \
+           COALESCE({problem}({ident}, '{key}'), \
+             CASE WHEN (count(*) OVER (PARTITION BY {ident})) > 1 THEN '{dup}' END) AS {REASON}, \
+           {hash}({pairs}) AS {row_hash} \
+         FROM __vs_model m",
+        problem = identity::udf::PROBLEM,
+        ident = state::IDENTIFIER,
+        dup = identity::REASON_DUPLICATE,
+        hash = row_hash::ROW_HASH,
+        row_hash = state::ROW_HASH,
+    );
+    let valid = ctx.sql(&sql).await.map_err(fail("model"))?;
+
+    // Compact state view, hashes recomputed from stored values when they cannot be trusted.
+    let (state_df, manifest) = match snapshot {
+        Some((df, m)) => (df, Some(m)),
+        None => (state::empty_snapshot(ctx).map_err(fail("state"))?, None),
+    };
+    if let Some(m) = manifest
+        && m.identifier_key != key
+    {
+        return Err(Error::config(format!(
+            "[identifier] key: the state was built with key {}, not {key}; run `voyado-sync reset` to start over with the new key",
+            m.identifier_key
+        )));
+    }
+    let stored_hash_ok = manifest.is_none_or(|m| {
+        m.hash_version == row_hash::HASH_VERSION
+            && m.attributes
+                .iter()
+                .all(|(a, class)| attributes.get(a) == Some(class))
+    });
+    let state_schema = state_df.schema().as_arrow().clone();
+    let snap_hash = if stored_hash_ok {
+        quote(state::ROW_HASH)
+    } else {
+        let pairs: Vec<String> = settings
+            .attributes
+            .iter()
+            .filter(|m| state_schema.field_with_name(&m.attribute).is_ok())
+            .map(|m| format!("'{}', {}", m.attribute, quote(&m.attribute)))
+            .collect();
+        let pairs = if pairs.is_empty() {
+            "'', CAST(NULL AS VARCHAR)".to_string()
+        } else {
+            pairs.join(", ")
+        };
+        tracing::info!("stored row hashes do not cover the current mapping; comparing values");
+        format!("{}({pairs})", row_hash::ROW_HASH)
+    };
+    ctx.register_table("__vs_state", state_df.into_view())
+        .map_err(fail("state"))?;
+    let compact = ctx
+        .sql(&format!(
+            "SELECT {id} AS __s_id, {snap_hash} AS __s_hash, {cid} AS __s_contact_id, {st} AS __s_status FROM __vs_state",
+            id = quote(state::IDENTIFIER),
+            cid = quote(state::CONTACT_ID),
+            st = quote(state::STATUS),
+        ))
+        .await
+        .map_err(fail("state"))?;
+    ctx.register_table("__vs_snap", compact.into_view())
+        .map_err(fail("state"))?;
+
+    // Buckets: 1 unless the state's identifiers would not fit a quarter of the memory pool.
+    let buckets = if settings.limits.diff_partitions > 0 {
+        settings.limits.diff_partitions
+    } else {
+        let rows = manifest.map_or(0, |m| m.snapshot_rows);
+        let budget = settings.limits.memory_limit_mb * 1024 * 1024 / 4;
+        (rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)).max(1) as u32
+    };
+    let spill = if buckets > 1 {
+        let dir = tempfile::Builder::new()
+            .prefix("voyado-sync-diff-")
+            .tempdir()
+            .map_err(|e| Error::Storage(format!("temporary folder for the diff: {}", e.kind())))?;
+        let path = dir.path().join("model.parquet");
+        let path = path.to_string_lossy().into_owned();
+        valid
+            .write_parquet(
+                &path,
+                datafusion::dataframe::DataFrameWriteOptions::new().with_single_file_output(true),
+                None,
+            )
+            .await
+            .map_err(fail("model"))?;
+        let df = ctx
+            .read_parquet(path, ParquetReadOptions::default())
+            .await
+            .map_err(fail("model"))?;
+        ctx.register_table("__vs_model_valid", df.into_view())
+            .map_err(fail("model"))?;
+        Some(dir)
+    } else {
+        ctx.register_table("__vs_model_valid", valid.into_view())
+            .map_err(fail("model"))?;
+        None
+    };
+
+    let values = attr_cols
+        .iter()
+        .map(|c| format!("m.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut frames = Vec::new();
+    for b in 0..buckets {
+        let (sf, mf) = if buckets > 1 {
+            (
+                format!("WHERE {}(__s_id, {buckets}) = {b}", identity::udf::BUCKET),
+                format!(
+                    "WHERE {}({}, {buckets}) = {b}",
+                    identity::udf::BUCKET,
+                    quote(state::IDENTIFIER)
+                ),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        // Comparisons are parenthesised: DataFusion 55 misparses chained IS DISTINCT FROM.
+        let sql = format!(
+            "SELECT \
+               CASE WHEN (m.__present IS NULL) THEN '{DELETED}' \
+                    WHEN (m.{REASON} IS NOT NULL) THEN '{INVALID}' \
+                    WHEN (s.__s_id IS NULL) THEN '{NEW}' \
+                    WHEN (m.{rh} = s.__s_hash) THEN '{UNCHANGED}' \
+                    ELSE '{CHANGED}' END AS {KIND}, \
+               COALESCE(m.{ident}, s.__s_id) AS {ident}, \
+               m.{RAW_IDENTIFIER}, m.{REASON}, \
+               s.__s_contact_id AS {cid}, s.__s_status AS {PREV_STATUS}, \
+               m.{rh}, {values} \
+             FROM (SELECT * FROM __vs_snap {sf}) s \
+             FULL OUTER JOIN (SELECT * FROM __vs_model_valid {mf}) m \
+               ON (s.__s_id = m.{ident})",
+            rh = quote(state::ROW_HASH),
+            ident = quote(state::IDENTIFIER),
+            cid = quote(state::CONTACT_ID),
+        );
+        frames.push(ctx.sql(&sql).await.map_err(fail("change detection"))?);
+    }
+    Ok(ChangeSet {
+        buckets: frames,
+        attributes,
+        _spill: spill,
+    })
+}
+
+/// Streams the change set once, counting each kind and keeping a few samples of each.
+pub async fn summarize(set: &ChangeSet) -> Result<Summary> {
+    let mut summary = Summary::default();
+    for df in &set.buckets {
+        let df = df
+            .clone()
+            .select_columns(&[KIND, state::IDENTIFIER, RAW_IDENTIFIER, REASON])
+            .map_err(|e| Error::Internal(df_message("change set", &e)))?;
+        let mut stream = df
+            .execute_stream()
+            .await
+            .map_err(|e| Error::Input(df_message("change detection", &e)))?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| Error::Input(df_message("change detection", &e)))?;
+            let col = |i: usize| cast(batch.column(i), &DataType::Utf8);
+            let (kinds, ids, raws, reasons) = match (col(0), col(1), col(2), col(3)) {
+                (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+                _ => return Err(Error::Internal("change set columns are not strings".into())),
+            };
+            let kinds = kinds.as_string::<i32>();
+            let ids = ids.as_string::<i32>();
+            let raws = raws.as_string::<i32>();
+            let reasons = reasons.as_string::<i32>();
+            for i in 0..batch.num_rows() {
+                let kind = kinds.value(i);
+                let c = &mut summary.counts;
+                match kind {
+                    NEW => c.new += 1,
+                    CHANGED => c.changed += 1,
+                    UNCHANGED => c.unchanged += 1,
+                    DELETED => c.deleted += 1,
+                    INVALID => c.invalid += 1,
+                    other => return Err(Error::Internal(format!("unknown change kind {other}"))),
+                }
+                if kind == UNCHANGED {
+                    continue;
+                }
+                let samples = summary.samples.entry(kind.to_string()).or_default();
+                if samples.len() < SAMPLES_PER_KIND {
+                    let (identifier, reason) = if kind == INVALID {
+                        (
+                            raws.is_valid(i).then(|| raws.value(i).to_string()),
+                            reasons.is_valid(i).then(|| reasons.value(i).to_string()),
+                        )
+                    } else {
+                        (ids.is_valid(i).then(|| ids.value(i).to_string()), None)
+                    };
+                    samples.push(Sample { identifier, reason });
+                }
+            }
+        }
+    }
+    Ok(summary)
+}

@@ -1,0 +1,298 @@
+//! The row hash (version 1) and the canonical value encoding it is built from.
+//!
+//! Each non-empty (attribute, value) pair is encoded as
+//! `u32-LE len(name) | name | type tag | u32-LE len(value) | value bytes`, pairs in attribute
+//! name order; the hash is the first 16 bytes of BLAKE3 over the concatenation. Empty values
+//! (null, empty or whitespace-only strings, NaN, infinities) are left out, so mapping a new
+//! column does not change the hash of rows where it is empty. Values are encoded by type
+//! class, so widening a column (int32 -> int64) does not change its hash, while changing its
+//! class (integer -> string) does:
+//!
+//! | class | tag | bytes |
+//! |---|---|---|
+//! | string | `s` | UTF-8, as is |
+//! | integer | `i` | i128 little-endian |
+//! | float | `f` | f64 bits little-endian (-0.0 as 0.0) |
+//! | decimal | `d` | decimal text at the column's scale (`12.50`) |
+//! | boolean | `b` | one byte, 0 or 1 |
+//! | date | `D` | i32 days since 1970-01-01, little-endian |
+//! | timestamp | `t` | i128 nanoseconds since the epoch (UTC), little-endian |
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryBuilder, FixedSizeBinaryBuilder, StringArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::*;
+use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+/// Recorded in the manifest; a different stored version makes the diff recompute hashes
+/// from the stored values instead of trusting them.
+pub const HASH_VERSION: u32 = 1;
+pub const HASH_BYTES: i32 = 16;
+
+pub const ROW_HASH: &str = "voyado_row_hash";
+pub const VALUE_KEY: &str = "voyado_value_key";
+
+/// Whether a column type can be mapped (and so encoded, hashed and sent).
+pub fn supported_type(t: &DataType) -> bool {
+    type_class(t).is_some()
+}
+
+/// The type class of a column, as recorded in the manifest and used in the encoding.
+pub fn type_class(t: &DataType) -> Option<&'static str> {
+    use DataType::*;
+    Some(match t {
+        Utf8 | LargeUtf8 | Utf8View => "string",
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => "integer",
+        Float16 | Float32 | Float64 => "float",
+        Decimal32(_, _) | Decimal64(_, _) | Decimal128(_, _) | Decimal256(_, _) => "decimal",
+        Boolean => "boolean",
+        Date32 | Date64 => "date",
+        Timestamp(_, _) => "timestamp",
+        Null => "null",
+        _ => return None,
+    })
+}
+
+/// Writes one column's values in the canonical encoding. Built once per batch and column so
+/// the per-row work is a typed array access, not a type dispatch.
+pub enum ValueEncoder<'a> {
+    Str(StringArray),
+    Int(Box<dyn Fn(usize) -> i128 + 'a>, &'a dyn Array),
+    Float(Box<dyn Fn(usize) -> f64 + 'a>, &'a dyn Array),
+    Decimal(StringArray),
+    Bool(&'a datafusion::arrow::array::BooleanArray),
+    Date(Box<dyn Fn(usize) -> i32 + 'a>, &'a dyn Array),
+    Timestamp(Box<dyn Fn(usize) -> i128 + 'a>, &'a dyn Array),
+    Null,
+}
+
+impl<'a> ValueEncoder<'a> {
+    pub fn new(array: &'a ArrayRef) -> Result<Self> {
+        use DataType::*;
+        let a = array.as_ref();
+        Ok(match array.data_type() {
+            Utf8 => ValueEncoder::Str(a.as_string::<i32>().clone()),
+            LargeUtf8 | Utf8View => {
+                ValueEncoder::Str(cast(array, &Utf8)?.as_string::<i32>().clone())
+            }
+            Int8 => int(a.as_primitive::<Int8Type>(), a),
+            Int16 => int(a.as_primitive::<Int16Type>(), a),
+            Int32 => int(a.as_primitive::<Int32Type>(), a),
+            Int64 => int(a.as_primitive::<Int64Type>(), a),
+            UInt8 => int(a.as_primitive::<UInt8Type>(), a),
+            UInt16 => int(a.as_primitive::<UInt16Type>(), a),
+            UInt32 => int(a.as_primitive::<UInt32Type>(), a),
+            UInt64 => int(a.as_primitive::<UInt64Type>(), a),
+            Float16 => {
+                let p = a.as_primitive::<Float16Type>();
+                ValueEncoder::Float(Box::new(move |i| f64::from(p.value(i).to_f32())), a)
+            }
+            Float32 => {
+                let p = a.as_primitive::<Float32Type>();
+                ValueEncoder::Float(Box::new(move |i| f64::from(p.value(i))), a)
+            }
+            Float64 => {
+                let p = a.as_primitive::<Float64Type>();
+                ValueEncoder::Float(Box::new(move |i| p.value(i)), a)
+            }
+            Decimal32(_, _) | Decimal64(_, _) | Decimal128(_, _) | Decimal256(_, _) => {
+                ValueEncoder::Decimal(cast(array, &Utf8)?.as_string::<i32>().clone())
+            }
+            Boolean => ValueEncoder::Bool(a.as_boolean()),
+            Date32 => {
+                let p = a.as_primitive::<Date32Type>();
+                ValueEncoder::Date(Box::new(move |i| p.value(i)), a)
+            }
+            Date64 => {
+                let p = a.as_primitive::<Date64Type>();
+                ValueEncoder::Date(
+                    Box::new(move |i| p.value(i).div_euclid(86_400_000) as i32),
+                    a,
+                )
+            }
+            Timestamp(unit, _) => {
+                let mult: i128 = match unit {
+                    TimeUnit::Second => 1_000_000_000,
+                    TimeUnit::Millisecond => 1_000_000,
+                    TimeUnit::Microsecond => 1_000,
+                    TimeUnit::Nanosecond => 1,
+                };
+                let values: Box<dyn Fn(usize) -> i128 + 'a> = match unit {
+                    TimeUnit::Second => {
+                        let p = a.as_primitive::<TimestampSecondType>();
+                        Box::new(move |i| i128::from(p.value(i)) * mult)
+                    }
+                    TimeUnit::Millisecond => {
+                        let p = a.as_primitive::<TimestampMillisecondType>();
+                        Box::new(move |i| i128::from(p.value(i)) * mult)
+                    }
+                    TimeUnit::Microsecond => {
+                        let p = a.as_primitive::<TimestampMicrosecondType>();
+                        Box::new(move |i| i128::from(p.value(i)) * mult)
+                    }
+                    TimeUnit::Nanosecond => {
+                        let p = a.as_primitive::<TimestampNanosecondType>();
+                        Box::new(move |i| i128::from(p.value(i)))
+                    }
+                };
+                ValueEncoder::Timestamp(values, a)
+            }
+            Null => ValueEncoder::Null,
+            other => return exec_err!("unsupported column type {other} for a mapped attribute"),
+        })
+    }
+
+    /// Appends `tag | u32 len | bytes` for row `i`; returns false (writing nothing) when the
+    /// value is empty.
+    pub fn write(&self, i: usize, out: &mut Vec<u8>) -> bool {
+        fn put(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) -> bool {
+            out.push(tag);
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+            true
+        }
+        match self {
+            ValueEncoder::Str(s) => {
+                if s.is_null(i) {
+                    return false;
+                }
+                let v = s.value(i);
+                if v.trim_matches(char::is_whitespace).is_empty() {
+                    return false;
+                }
+                put(out, b's', v.as_bytes())
+            }
+            ValueEncoder::Int(f, a) => !a.is_null(i) && put(out, b'i', &f(i).to_le_bytes()),
+            ValueEncoder::Float(f, a) => {
+                if a.is_null(i) {
+                    return false;
+                }
+                let v = f(i);
+                if !v.is_finite() {
+                    return false;
+                }
+                let v = if v == 0.0 { 0.0f64 } else { v };
+                put(out, b'f', &v.to_bits().to_le_bytes())
+            }
+            ValueEncoder::Decimal(s) => !s.is_null(i) && put(out, b'd', s.value(i).as_bytes()),
+            ValueEncoder::Bool(b) => !b.is_null(i) && put(out, b'b', &[u8::from(b.value(i))]),
+            ValueEncoder::Date(f, a) => !a.is_null(i) && put(out, b'D', &f(i).to_le_bytes()),
+            ValueEncoder::Timestamp(f, a) => !a.is_null(i) && put(out, b't', &f(i).to_le_bytes()),
+            ValueEncoder::Null => false,
+        }
+    }
+}
+
+fn int<'a, T>(
+    p: &'a datafusion::arrow::array::PrimitiveArray<T>,
+    a: &'a dyn Array,
+) -> ValueEncoder<'a>
+where
+    T: ArrowPrimitiveType,
+    T::Native: Into<i128>,
+{
+    ValueEncoder::Int(Box::new(move |i| p.value(i).into()), a)
+}
+
+/// `voyado_row_hash('attr1', col1, 'attr2', col2, ...)` -> FixedSizeBinary(16); callers pass
+/// pairs sorted by attribute name. `voyado_value_key(col)` -> Binary: one value's canonical
+/// encoding (tag and bytes), null when empty; used to compare values null- and empty-safely
+/// across type changes.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct HashUdf {
+    name: &'static str,
+    signature: Signature,
+}
+
+pub fn all() -> Vec<ScalarUDF> {
+    vec![
+        ScalarUDF::from(HashUdf {
+            name: ROW_HASH,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }),
+        ScalarUDF::from(HashUdf {
+            name: VALUE_KEY,
+            signature: Signature::any(1, Volatility::Immutable),
+        }),
+    ]
+}
+
+impl ScalarUDFImpl for HashUdf {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(if self.name == ROW_HASH {
+            DataType::FixedSizeBinary(HASH_BYTES)
+        } else {
+            DataType::Binary
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        if self.name == VALUE_KEY {
+            let array = args.args[0].clone().into_array(rows)?;
+            let enc = ValueEncoder::new(&array)?;
+            let mut b = BinaryBuilder::with_capacity(rows, rows * 8);
+            let mut buf = Vec::with_capacity(64);
+            for i in 0..rows {
+                buf.clear();
+                if enc.write(i, &mut buf) {
+                    b.append_value(&buf);
+                } else {
+                    b.append_null();
+                }
+            }
+            return Ok(ColumnarValue::Array(Arc::new(b.finish())));
+        }
+        if args.args.len() % 2 != 0 {
+            return exec_err!("{ROW_HASH} takes (name, value) pairs");
+        }
+        let mut names = Vec::new();
+        let mut arrays = Vec::new();
+        for pair in args.args.chunks(2) {
+            let name = match &pair[0] {
+                ColumnarValue::Scalar(
+                    ScalarValue::Utf8(Some(s))
+                    | ScalarValue::Utf8View(Some(s))
+                    | ScalarValue::LargeUtf8(Some(s)),
+                ) => s.clone(),
+                _ => return exec_err!("{ROW_HASH}: attribute names must be string literals"),
+            };
+            names.push(name);
+            arrays.push(pair[1].clone().into_array(rows)?);
+        }
+        let encoders = arrays
+            .iter()
+            .map(ValueEncoder::new)
+            .collect::<Result<Vec<_>>>()?;
+        let mut b = FixedSizeBinaryBuilder::with_capacity(rows, HASH_BYTES);
+        let mut buf = Vec::with_capacity(256);
+        for i in 0..rows {
+            buf.clear();
+            for (name, enc) in names.iter().zip(&encoders) {
+                let mark = buf.len();
+                buf.extend_from_slice(&(name.len() as u32).to_le_bytes());
+                buf.extend_from_slice(name.as_bytes());
+                if !enc.write(i, &mut buf) {
+                    buf.truncate(mark);
+                }
+            }
+            let h = blake3::hash(&buf);
+            b.append_value(&h.as_bytes()[..HASH_BYTES as usize])?;
+        }
+        Ok(ColumnarValue::Array(Arc::new(b.finish())))
+    }
+}

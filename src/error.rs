@@ -1,0 +1,62 @@
+//! One crate error whose class decides the process exit code.
+//!
+//! Messages are single lines naming the offending key, column, file or status, because
+//! they end up in schedulers' mail and log aggregators, not in a terminal.
+
+use std::fmt;
+
+/// Exit codes documented in the README. Every command maps its outcome to one of these.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const INTERNAL: u8 = 1;
+    pub const INPUT: u8 = 2;
+    pub const WARNING: u8 = 3;
+    pub const INCOMPLETE: u8 = 4;
+    pub const GUARD: u8 = 5;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration problems; each entry is one line. Nothing was read or sent.
+    #[error("{}", .0.join("\n"))]
+    Config(Vec<String>),
+    /// The model or its input data is unusable (SQL error, unreadable Parquet, bad column).
+    #[error("{0}")]
+    Input(String),
+    /// The state location (local folder or object store) failed.
+    #[error("{0}")]
+    Storage(String),
+    /// Another run of the same sync holds the lock.
+    #[error("{0}")]
+    Locked(String),
+    /// A guard refused the run before anything was sent.
+    #[error("{0}")]
+    Guard(String),
+    /// A bug: an invariant the code relies on did not hold.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn config(msg: impl fmt::Display) -> Self {
+        Error::Config(vec![msg.to_string()])
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) | Error::Input(_) => exit::INPUT,
+            Error::Storage(_) | Error::Locked(_) => exit::INCOMPLETE,
+            Error::Guard(_) => exit::GUARD,
+            Error::Internal(_) => exit::INTERNAL,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Turns a DataFusion error into a one-line message with the stage that failed.
+pub fn df_message(context: &str, err: &datafusion::error::DataFusionError) -> String {
+    let text = err.to_string();
+    let first = text.lines().next().unwrap_or("").trim();
+    format!("{context}: {first}")
+}

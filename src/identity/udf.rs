@@ -1,0 +1,125 @@
+//! The identity rules as DataFusion scalar functions, so plans apply exactly the Rust rules.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringBuilder, UInt32Builder};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+use super::{bucket, normalize, problem};
+use crate::config::Key;
+
+pub const NORMALIZE: &str = "voyado_normalize_id";
+pub const PROBLEM: &str = "voyado_id_problem";
+pub const BUCKET: &str = "voyado_bucket";
+
+/// All identity UDFs, for registration on a session.
+pub fn all() -> Vec<ScalarUDF> {
+    vec![
+        ScalarUDF::from(IdUdf::new(NORMALIZE)),
+        ScalarUDF::from(IdUdf::new(PROBLEM)),
+        ScalarUDF::from(IdUdf::new(BUCKET)),
+    ]
+}
+
+/// `voyado_normalize_id(value, 'key')`, `voyado_id_problem(normalized, 'key')` and
+/// `voyado_bucket(normalized, n)`; one struct because they share argument handling.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct IdUdf {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl IdUdf {
+    fn new(name: &'static str) -> Self {
+        IdUdf {
+            name,
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+/// Casts any string-like (or integer) array to a plain Utf8 array.
+pub(crate) fn to_utf8(array: &ArrayRef) -> Result<ArrayRef> {
+    Ok(if array.data_type() == &DataType::Utf8 {
+        Arc::clone(array)
+    } else {
+        cast(array, &DataType::Utf8)?
+    })
+}
+
+fn scalar_string(v: &ColumnarValue, what: &str) -> Result<String> {
+    match v {
+        ColumnarValue::Scalar(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::Utf8View(Some(s))
+            | ScalarValue::LargeUtf8(Some(s)),
+        ) => Ok(s.clone()),
+        _ => exec_err!("{what} must be a string literal"),
+    }
+}
+
+fn scalar_u32(v: &ColumnarValue) -> Result<u32> {
+    match v {
+        ColumnarValue::Scalar(s) => match s.cast_to(&DataType::UInt32)? {
+            ScalarValue::UInt32(Some(n)) if n > 0 => Ok(n),
+            _ => exec_err!("bucket count must be a positive integer literal"),
+        },
+        _ => exec_err!("bucket count must be a literal"),
+    }
+}
+
+impl ScalarUDFImpl for IdUdf {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(if self.name == BUCKET {
+            DataType::UInt32
+        } else {
+            DataType::Utf8
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let input = args.args[0].clone().into_array(rows)?;
+        let input = to_utf8(&input)?;
+        let strings = input.as_string::<i32>();
+        let out: ArrayRef = match self.name {
+            BUCKET => {
+                let n = scalar_u32(&args.args[1])?;
+                let mut b = UInt32Builder::with_capacity(rows);
+                for v in strings.iter() {
+                    b.append_value(v.map_or(0, |s| bucket(s, n)));
+                }
+                Arc::new(b.finish())
+            }
+            name => {
+                let key_name = scalar_string(&args.args[1], "identifier key")?;
+                let Some(key) = Key::parse(&key_name) else {
+                    return exec_err!("unknown identifier key {key_name}");
+                };
+                let mut b = StringBuilder::with_capacity(rows, rows * 8);
+                for v in strings.iter() {
+                    if name == NORMALIZE {
+                        b.append_option(v.map(|s| normalize(s, key)));
+                    } else {
+                        b.append_option(problem(v, key));
+                    }
+                }
+                Arc::new(b.finish())
+            }
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}

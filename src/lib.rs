@@ -1,0 +1,26 @@
+//! voyado-sync keeps Voyado Engage contacts enriched with warehouse-computed attributes,
+//! sending only what changed.
+//!
+//! The flow, one module per stage:
+//! - [`config`]: the TOML contract, validated into [`config::Settings`].
+//! - [`catalog`]: a DataFusion session bounded by the memory limit, with one SQL table per
+//!   configured Parquet source (local or object store).
+//! - [`model`]: the user's SQL, planned and checked against the mapping.
+//! - [`identity`]: identifier normalisation and validity rules, also as SQL functions.
+//! - [`diff`]: joins of the model's rows with the state on the normalised identifier,
+//!   classifying every row as new, changed, unchanged, deleted or invalid.
+//! - [`state`]: snapshot, deltas, manifest and lock on a folder or object store.
+//! - [`commands`]: `check`, `plan`, `baseline`, `reset`; [`report`]: what they print.
+
+pub mod catalog;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod diff;
+pub mod error;
+pub mod identity;
+pub mod model;
+pub mod report;
+pub mod state;
+
+pub use error::{Error, Result};

@@ -1,0 +1,101 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use voyado_sync::cli::{Cli, Command};
+use voyado_sync::commands;
+use voyado_sync::error::{Error, exit};
+
+fn init_logging(cli: &Cli) {
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("VOYADO_SYNC_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!(
+                "warn,voyado_sync={default},voyado_sync_cli={default}"
+            ))
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<u8, Error> {
+    match cli.command {
+        Command::Check { config } => {
+            let outcome = commands::check(&config.config).await?;
+            for note in &outcome.notes {
+                eprintln!("note: {note}");
+            }
+            println!(
+                "ok: {} ({} mode, key {}, {} mapped attributes); model columns: {}",
+                outcome.settings.name,
+                outcome.settings.mode.as_str(),
+                outcome.settings.key.as_str(),
+                outcome.settings.attributes.len(),
+                outcome.columns.join(", ")
+            );
+            Ok(exit::OK)
+        }
+        Command::Plan { config, json } => {
+            let report = commands::plan(&config.config).await?;
+            emit(&report, json)
+        }
+        Command::Baseline { config, json } => {
+            let report = commands::baseline(&config.config).await?;
+            emit(&report, json)
+        }
+        Command::Reset { config } => {
+            let existed = commands::reset(&config.config).await?;
+            if existed {
+                println!("state forgotten: the next run sends every row");
+            } else {
+                println!("no state to forget: the next run sends every row");
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn emit(report: &voyado_sync::report::Report, json: bool) -> Result<u8, Error> {
+    if json {
+        print_json(report).map_err(|e| Error::Internal(e.to_string()))?;
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(exit::OK)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::INTERNAL);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            for line in e.to_string().lines() {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

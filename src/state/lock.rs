@@ -1,0 +1,167 @@
+//! A lock per sync so two runs can never interleave their writes to one state.
+//!
+//! The lock is an object created with `PutMode::Create` (atomic on a local folder and on
+//! object stores). A lock whose owner process is gone (same host) or that is older than
+//! `lock_stale_secs` is taken over, with a warning.
+
+use std::sync::Arc;
+
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::one_line;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub run_id: String,
+    pub command: String,
+    pub pid: u32,
+    pub host: String,
+    pub acquired_at: String,
+}
+
+/// A held lock; call [`Lock::release`] when done (a crash leaves it to be taken over).
+#[derive(Debug)]
+pub struct Lock {
+    store: Arc<dyn ObjectStore>,
+    path: ObjPath,
+    released: bool,
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        // Without a portable check, rely on the age rule alone.
+        true
+    }
+}
+
+impl Lock {
+    pub async fn acquire(
+        store: Arc<dyn ObjectStore>,
+        path: ObjPath,
+        sync: &str,
+        run_id: &str,
+        command: &str,
+        stale_secs: u64,
+    ) -> Result<Lock> {
+        let info = LockInfo {
+            run_id: run_id.to_string(),
+            command: command.to_string(),
+            pid: std::process::id(),
+            host: hostname(),
+            acquired_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let body = serde_json::to_vec_pretty(&info)
+            .map_err(|e| Error::Internal(format!("lock encode: {e}")))?;
+        for _attempt in 0..3 {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match store
+                .put_opts(&path, PutPayload::from(body.clone()), opts)
+                .await
+            {
+                Ok(_) => {
+                    return Ok(Lock {
+                        store,
+                        path,
+                        released: false,
+                    });
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => {
+                    return Err(Error::Storage(format!(
+                        "cannot create lock {path}: {}",
+                        one_line(&e)
+                    )));
+                }
+            }
+            // Held: decide whether its owner is still there.
+            let existing = match store.get(&path).await {
+                Ok(r) => r.bytes().await.ok(),
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => {
+                    return Err(Error::Storage(format!(
+                        "cannot read lock {path}: {}",
+                        one_line(&e)
+                    )));
+                }
+            };
+            let holder: Option<LockInfo> = existing.and_then(|b| serde_json::from_slice(&b).ok());
+            let (stale, why) = match &holder {
+                None => (true, "unreadable lock file".to_string()),
+                Some(h) => {
+                    let age = chrono::DateTime::parse_from_rfc3339(&h.acquired_at)
+                        .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())
+                        .unwrap_or(i64::MAX);
+                    if h.host == info.host && !process_alive(h.pid) {
+                        (true, format!("its owner (pid {}) is gone", h.pid))
+                    } else if age > stale_secs as i64 {
+                        (
+                            true,
+                            format!("it is {age}s old (lock_stale_secs = {stale_secs})"),
+                        )
+                    } else {
+                        (false, String::new())
+                    }
+                }
+            };
+            if !stale {
+                let h = holder.as_ref();
+                return Err(Error::Locked(format!(
+                    "sync {sync} is locked by another run (run {}, {} by pid {} on {} since {}); try again when it ends",
+                    h.map_or("?", |h| h.run_id.as_str()),
+                    h.map_or("?", |h| h.command.as_str()),
+                    h.map_or(0, |h| h.pid),
+                    h.map_or("?", |h| h.host.as_str()),
+                    h.map_or("?", |h| h.acquired_at.as_str()),
+                )));
+            }
+            tracing::warn!(lock = %path, reason = %why, "taking over a stale lock");
+            match store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(Error::Storage(format!(
+                        "cannot remove stale lock {path}: {}",
+                        one_line(&e)
+                    )));
+                }
+            }
+        }
+        Err(Error::Locked(format!(
+            "sync {sync}: could not take the lock {path}; another run keeps taking it"
+        )))
+    }
+
+    pub async fn release(mut self) -> Result<()> {
+        self.released = true;
+        match self.store.delete(&self.path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::Storage(format!(
+                "cannot remove lock {}: {}",
+                self.path,
+                one_line(&e)
+            ))),
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if !self.released {
+            tracing::debug!(lock = %self.path, "lock dropped without release; the next run takes it over");
+        }
+    }
+}

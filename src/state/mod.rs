@@ -1,0 +1,481 @@
+//! A sync's state, on a local folder or an object store: the snapshot of what Voyado
+//! confirmed, deltas appended while a run goes, the manifest naming them, a lock, and run
+//! reports.
+//!
+//! Layout under `<state>/<name>/`:
+//! ```text
+//! manifest.json                        written last; names the files below
+//! snapshots/<generation>-<run>.parquet _identifier, _contact_id, _status, _row_hash, attributes
+//! deltas/<generation>-<seq>-<run>.parquet  the same columns plus _op (upsert | delete)
+//! staged/<run>.parquet                 a run's change set
+//! reports/<run>.json                   a run's report
+//! lock.json                            present while a run holds the sync
+//! ```
+//! Every file is written whole before the manifest names it, and the manifest is replaced
+//! atomically, so a crash at any moment leaves the previous state (plus every delta it
+//! already named) readable.
+
+pub mod lock;
+pub mod manifest;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, ident, lit};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::catalog::{one_line, redact, register_store};
+use crate::config::{Location, Settings};
+use crate::error::{Error, Result, df_message};
+pub use lock::Lock;
+pub use manifest::Manifest;
+
+/// Snapshot column names. Attribute columns follow them, named by attribute.
+pub const IDENTIFIER: &str = "_identifier";
+pub const CONTACT_ID: &str = "_contact_id";
+pub const STATUS: &str = "_status";
+pub const ROW_HASH: &str = "_row_hash";
+/// Delta-only columns.
+pub const OP: &str = "_op";
+const SEQ: &str = "_seq";
+
+pub const FIXED_COLUMNS: [&str; 4] = [IDENTIFIER, CONTACT_ID, STATUS, ROW_HASH];
+
+/// Snapshot statuses.
+pub const DELIVERED: &str = "delivered";
+pub const NOT_FOUND: &str = "not_found";
+pub const REJECTED: &str = "rejected";
+
+#[derive(Debug, Clone)]
+pub struct State {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+    url_base: String,
+    sync: String,
+    display: String,
+}
+
+fn storage(what: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::Storage(format!("state: {what}: {}", one_line(e)))
+}
+
+impl State {
+    /// Opens (and for a local folder, creates with owner-only permissions) the state of the
+    /// sync named in `settings`.
+    /// With `create` false (read-only commands), a missing local folder is not created.
+    pub fn open(ctx: &SessionContext, settings: &Settings, create: bool) -> Result<State> {
+        let sync = settings.name.clone();
+        match &settings.state {
+            Location::Local(base) => {
+                let dir = base.join(&sync);
+                let made = if create || dir.exists() {
+                    create_private_dir(&dir)
+                } else {
+                    Ok(())
+                };
+                made.map_err(|e| {
+                    Error::Storage(format!(
+                        "state: cannot create {}: {}",
+                        dir.display(),
+                        e.kind()
+                    ))
+                })?;
+                let dir = dir.canonicalize().unwrap_or(dir);
+                let dir = std::path::absolute(&dir).unwrap_or(dir);
+                let prefix = ObjPath::from_absolute_path(&dir)
+                    .map_err(|e| storage(&dir.display().to_string(), &e))?;
+                let url = url::Url::from_directory_path(&dir).map_err(|_| {
+                    Error::Storage(format!("state: {} is not an absolute path", dir.display()))
+                })?;
+                Ok(State {
+                    store: Arc::new(object_store::local::LocalFileSystem::new()),
+                    prefix,
+                    url_base: url.to_string(),
+                    sync,
+                    display: dir.display().to_string(),
+                })
+            }
+            Location::Url(url) => {
+                let store = register_store(ctx, url)?;
+                let base = url.path().trim_matches('/');
+                let prefix = if base.is_empty() {
+                    ObjPath::from(sync.as_str())
+                } else {
+                    ObjPath::from(format!("{base}/{sync}"))
+                };
+                let host = url.host_str().unwrap_or_default();
+                let url_base = format!("{}://{host}/{prefix}/", url.scheme());
+                Ok(State {
+                    store,
+                    prefix,
+                    display: redact(&url::Url::parse(&url_base).unwrap_or(url.clone())),
+                    url_base,
+                    sync,
+                })
+            }
+        }
+    }
+
+    pub fn location(&self) -> &str {
+        &self.display
+    }
+
+    fn path(&self, rel: &str) -> ObjPath {
+        ObjPath::from(format!("{}/{rel}", self.prefix))
+    }
+
+    /// The URL DataFusion reads and writes a state file at.
+    pub fn url(&self, rel: &str) -> String {
+        format!("{}{rel}", self.url_base)
+    }
+
+    pub async fn manifest(&self) -> Result<Option<Manifest>> {
+        let path = self.path("manifest.json");
+        match self.store.get(&path).await {
+            Ok(r) => {
+                let bytes = r
+                    .bytes()
+                    .await
+                    .map_err(|e| storage("reading manifest.json", &e))?;
+                let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Storage(format!(
+                        "state: {}/manifest.json is not a valid manifest: {e}",
+                        self.display
+                    ))
+                })?;
+                if m.format_version > manifest::FORMAT_VERSION {
+                    return Err(Error::Storage(format!(
+                        "state: manifest format {} is newer than this version of voyado-sync understands ({})",
+                        m.format_version,
+                        manifest::FORMAT_VERSION
+                    )));
+                }
+                Ok(Some(m))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(storage("reading manifest.json", &e)),
+        }
+    }
+
+    async fn put_manifest(&self, m: &Manifest) -> Result<()> {
+        let body = serde_json::to_vec_pretty(m)
+            .map_err(|e| Error::Internal(format!("manifest encode: {e}")))?;
+        self.store
+            .put(&self.path("manifest.json"), PutPayload::from(body))
+            .await
+            .map_err(|e| storage("writing manifest.json", &e))?;
+        Ok(())
+    }
+
+    pub async fn lock(&self, run_id: &str, command: &str, stale_secs: u64) -> Result<Lock> {
+        Lock::acquire(
+            Arc::clone(&self.store),
+            self.path("lock.json"),
+            &self.sync,
+            run_id,
+            command,
+            stale_secs,
+        )
+        .await
+    }
+
+    /// Stores a small JSON document (a run report) under `rel`.
+    pub async fn put_json(&self, rel: &str, value: &serde_json::Value) -> Result<()> {
+        let body = serde_json::to_vec_pretty(value)
+            .map_err(|e| Error::Internal(format!("json encode: {e}")))?;
+        self.store
+            .put(&self.path(rel), PutPayload::from(body))
+            .await
+            .map_err(|e| storage(&format!("writing {rel}"), &e))?;
+        Ok(())
+    }
+
+    /// The current state as one frame: the snapshot with every named delta applied (the
+    /// latest delta row per identifier wins; `_op = 'delete'` removes it).
+    pub async fn load(&self, ctx: &SessionContext, m: &Manifest) -> Result<DataFrame> {
+        let mut frames = Vec::new();
+        for rel in &m.snapshot {
+            frames.push((rel.clone(), self.read(ctx, rel).await?, None));
+        }
+        for (seq, rel) in m.deltas.iter().enumerate() {
+            frames.push((rel.clone(), self.read(ctx, rel).await?, Some(seq as i64)));
+        }
+        // Target schema: fixed columns, then every attribute column; a column's type is the
+        // one in the newest file holding it.
+        let mut attrs: BTreeMap<String, DataType> = BTreeMap::new();
+        let mut fixed: BTreeMap<String, DataType> = BTreeMap::new();
+        for (_, df, _) in &frames {
+            for f in df.schema().fields() {
+                let name = f.name();
+                if FIXED_COLUMNS.contains(&name.as_str()) {
+                    fixed.insert(name.clone(), f.data_type().clone());
+                } else if name != OP {
+                    attrs.insert(name.clone(), f.data_type().clone());
+                }
+            }
+        }
+        let mut target: Vec<Field> = Vec::new();
+        for name in FIXED_COLUMNS {
+            let t = fixed.get(name).cloned().unwrap_or(DataType::Utf8);
+            target.push(Field::new(name, t, true));
+        }
+        for (name, t) in &attrs {
+            target.push(Field::new(name, t.clone(), true));
+        }
+        let names: Vec<String> = target.iter().map(|f| f.name().clone()).collect();
+
+        let mut base: Option<DataFrame> = None;
+        let mut deltas: Option<DataFrame> = None;
+        for (rel, df, seq) in frames {
+            let ctxmsg = |e: datafusion::error::DataFusionError| {
+                Error::Storage(df_message(&format!("state: {rel}"), &e))
+            };
+            match seq {
+                None => {
+                    let df = align(df, &target, &[]).map_err(ctxmsg)?;
+                    base = Some(match base {
+                        None => df,
+                        Some(b) => b.union(df).map_err(ctxmsg)?,
+                    });
+                }
+                Some(seq) => {
+                    let extra = [(OP.to_string(), None), (SEQ.to_string(), Some(lit(seq)))];
+                    let df = align(df, &target, &extra).map_err(ctxmsg)?;
+                    deltas = Some(match deltas {
+                        None => df,
+                        Some(d) => d.union(df).map_err(ctxmsg)?,
+                    });
+                }
+            }
+        }
+        let fail = |e: datafusion::error::DataFusionError| {
+            Error::Storage(df_message("state: applying deltas", &e))
+        };
+        let base = match base {
+            Some(b) => b,
+            None => empty_frame(ctx, &target).map_err(fail)?,
+        };
+        let Some(deltas) = deltas else {
+            return Ok(base);
+        };
+        ctx.register_table("__vs_state_base", base.into_view())
+            .map_err(fail)?;
+        ctx.register_table("__vs_state_deltas", deltas.into_view())
+            .map_err(fail)?;
+        let cols = names
+            .iter()
+            .map(|n| quote(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {cols} FROM __vs_state_base \
+               WHERE {id} NOT IN (SELECT {id} FROM __vs_state_deltas) \
+             UNION ALL \
+             SELECT {cols} FROM ( \
+               SELECT *, row_number() OVER (PARTITION BY {id} ORDER BY {seq} DESC) AS __rn \
+               FROM __vs_state_deltas) \
+             WHERE __rn = 1 AND {op} = 'upsert'",
+            id = quote(IDENTIFIER),
+            seq = quote(SEQ),
+            op = quote(OP),
+        );
+        ctx.sql(&sql).await.map_err(fail)
+    }
+
+    async fn read(&self, ctx: &SessionContext, rel: &str) -> Result<DataFrame> {
+        ctx.read_parquet(self.url(rel), ParquetReadOptions::default())
+            .await
+            .map_err(|e| Error::Storage(df_message(&format!("state: cannot read {rel}"), &e)))
+    }
+
+    /// Appends a delta (snapshot columns plus `_op`) and names it in the manifest. Once this
+    /// returns, the rows are part of the state, even if the process dies right after.
+    pub async fn append_delta(&self, m: &mut Manifest, df: DataFrame, run_id: &str) -> Result<u64> {
+        let rel = format!(
+            "deltas/{:08}-{:06}-{run_id}.parquet",
+            m.generation,
+            m.deltas.len() + 1
+        );
+        let rows = self.write(df, &rel).await?;
+        m.deltas.push(rel);
+        self.put_manifest(m).await?;
+        Ok(rows)
+    }
+
+    /// Writes `df` (snapshot columns) as the new snapshot and then the manifest naming it.
+    /// Until the manifest is replaced, readers see the previous state whole.
+    pub async fn commit(
+        &self,
+        prev: Option<&Manifest>,
+        df: DataFrame,
+        fields: &NewSnapshot,
+    ) -> Result<Manifest> {
+        let generation = prev.map_or(1, |m| m.generation + 1);
+        let rel = format!("snapshots/{generation:08}-{}.parquet", fields.run_id);
+        let rows = self.write(df, &rel).await?;
+        let m = Manifest {
+            format_version: manifest::FORMAT_VERSION,
+            hash_version: crate::diff::row_hash::HASH_VERSION,
+            generation,
+            identifier_key: fields.identifier_key.clone(),
+            attributes: fields.attributes.clone(),
+            snapshot: vec![rel],
+            deltas: Vec::new(),
+            snapshot_rows: rows,
+            run_id: fields.run_id.clone(),
+            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        self.put_manifest(&m).await?;
+        self.collect_garbage(&m).await;
+        Ok(m)
+    }
+
+    /// Writes a frame as one Parquet file at `rel`, returning its row count.
+    pub async fn write(&self, df: DataFrame, rel: &str) -> Result<u64> {
+        let out = df
+            .write_parquet(
+                &self.url(rel),
+                DataFrameWriteOptions::new().with_single_file_output(true),
+                None,
+            )
+            .await
+            .map_err(|e| Error::Storage(df_message(&format!("state: writing {rel}"), &e)))?;
+        let mut rows = 0u64;
+        for b in out {
+            if let Some(c) = b.column_by_name("count")
+                && let Some(a) = c
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+            {
+                rows += a.iter().flatten().sum::<u64>();
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Forgets the snapshot: the next run is a full sync. Returns whether there was one.
+    pub async fn reset(&self) -> Result<bool> {
+        let existed = self.manifest().await?.is_some();
+        match self.store.delete(&self.path("manifest.json")).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(storage("removing manifest.json", &e)),
+        }
+        for dir in ["snapshots", "deltas", "staged"] {
+            self.remove_unlisted(dir, &[]).await;
+        }
+        Ok(existed)
+    }
+
+    /// Removes data files the manifest no longer names (best effort: leftovers are
+    /// harmless, since readers only follow the manifest).
+    async fn collect_garbage(&self, m: &Manifest) {
+        let keep: Vec<String> = m.snapshot.iter().chain(&m.deltas).cloned().collect();
+        for dir in ["snapshots", "deltas"] {
+            self.remove_unlisted(dir, &keep).await;
+        }
+    }
+
+    async fn remove_unlisted(&self, dir: &str, keep: &[String]) {
+        let prefix = self.path(dir);
+        let listed: Vec<ObjPath> =
+            match self.store.list(Some(&prefix)).try_collect::<Vec<_>>().await {
+                Ok(v) => v.into_iter().map(|o| o.location).collect(),
+                Err(_) => return,
+            };
+        for p in listed {
+            let rel = p
+                .as_ref()
+                .strip_prefix(self.prefix.as_ref())
+                .unwrap_or(p.as_ref())
+                .trim_start_matches('/')
+                .to_string();
+            if !keep.contains(&rel)
+                && let Err(e) = self.store.delete(&p).await
+            {
+                tracing::debug!(file = %p, error = %one_line(&e), "could not remove an old state file");
+            }
+        }
+    }
+}
+
+/// What a commit records besides the rows.
+#[derive(Debug, Clone)]
+pub struct NewSnapshot {
+    pub run_id: String,
+    pub identifier_key: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Double-quotes a SQL identifier.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Projects `df` onto `target`: missing columns become typed nulls, columns of another type
+/// are converted with `try_cast` (a value that cannot be converted becomes null, so its row
+/// compares as changed), and `extra` columns are appended (None = keep the frame's column).
+fn align(
+    df: DataFrame,
+    target: &[Field],
+    extra: &[(String, Option<Expr>)],
+) -> datafusion::error::Result<DataFrame> {
+    let schema = df.schema().clone();
+    let mut exprs = Vec::new();
+    for f in target {
+        let name = f.name();
+        let e = match schema.field_with_unqualified_name(name) {
+            Ok(have) if have.data_type() == f.data_type() => ident(name),
+            Ok(_) => datafusion::prelude::try_cast(ident(name), f.data_type().clone()).alias(name),
+            Err(_) => lit(ScalarValue::try_from(f.data_type())?).alias(name),
+        };
+        exprs.push(e);
+    }
+    for (name, e) in extra {
+        exprs.push(match e {
+            Some(e) => e.clone().alias(name),
+            None => ident(name),
+        });
+    }
+    df.select(exprs)
+}
+
+fn empty_frame(ctx: &SessionContext, target: &[Field]) -> datafusion::error::Result<DataFrame> {
+    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(target.to_vec()));
+    ctx.read_batch(datafusion::arrow::record_batch::RecordBatch::new_empty(
+        schema,
+    ))
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// A state with no rows, for a first run.
+pub fn empty_snapshot(ctx: &SessionContext) -> datafusion::error::Result<DataFrame> {
+    let target = vec![
+        Field::new(IDENTIFIER, DataType::Utf8, true),
+        Field::new(CONTACT_ID, DataType::Utf8, true),
+        Field::new(STATUS, DataType::Utf8, true),
+        Field::new(
+            ROW_HASH,
+            DataType::FixedSizeBinary(crate::diff::row_hash::HASH_BYTES),
+            true,
+        ),
+    ];
+    empty_frame(ctx, &target)
+}
