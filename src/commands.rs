@@ -208,6 +208,26 @@ async fn baseline_locked(p: &Prepared) -> Result<Report> {
     Ok(report)
 }
 
+/// Computes and stages the change set under the lock, as `run` does before sending; the
+/// staged file's location is returned with the counts.
+pub async fn stage(config_path: &Path) -> Result<(Report, diff::stage::Staged, State)> {
+    let p = prepare(config_path, true).await?;
+    let lock = p
+        .state
+        .lock(&p.run_id, "stage", p.settings.lock_stale_secs)
+        .await?;
+    let result = async {
+        let (set, _) = p.change_set().await?;
+        diff::stage::stage(&p.ctx, &p.settings, &p.state, &set, &p.run_id).await
+    }
+    .await;
+    let released = lock.release().await;
+    let staged = result?;
+    released?;
+    let report = p.report("stage", staged.summary.clone());
+    Ok((report, staged, p.state.clone()))
+}
+
 /// Forgets the snapshot so the next run is a full sync.
 pub async fn reset(config_path: &Path) -> Result<bool> {
     let p = prepare_state_only(config_path).await?;

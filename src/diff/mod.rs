@@ -8,12 +8,14 @@
 //! join runs once per identifier bucket (`voyado_bucket`), each bucket a fraction of the size.
 
 pub mod row_hash;
+pub mod stage;
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, AsArray, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
@@ -276,9 +278,62 @@ pub async fn plan(
     })
 }
 
+/// Counts kinds and keeps samples while a change set streams by.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub summary: Summary,
+}
+
+impl Tally {
+    /// Counts one classified batch (which must hold `_kind`, `_identifier`,
+    /// `_raw_identifier` and `_reason`) and returns each row's kind.
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<StringArray> {
+        let col = |name: &str| -> Result<StringArray> {
+            let c = batch
+                .column_by_name(name)
+                .ok_or_else(|| Error::Internal(format!("change set has no column {name}")))?;
+            let c = cast(c, &DataType::Utf8)
+                .map_err(|e| Error::Internal(format!("change set column {name}: {e}")))?;
+            Ok(c.as_string::<i32>().clone())
+        };
+        let kinds = col(KIND)?;
+        let ids = col(state::IDENTIFIER)?;
+        let raws = col(RAW_IDENTIFIER)?;
+        let reasons = col(REASON)?;
+        for i in 0..batch.num_rows() {
+            let kind = kinds.value(i);
+            let c = &mut self.summary.counts;
+            match kind {
+                NEW => c.new += 1,
+                CHANGED => c.changed += 1,
+                UNCHANGED => c.unchanged += 1,
+                DELETED => c.deleted += 1,
+                INVALID => c.invalid += 1,
+                other => return Err(Error::Internal(format!("unknown change kind {other}"))),
+            }
+            if kind == UNCHANGED {
+                continue;
+            }
+            let samples = self.summary.samples.entry(kind.to_string()).or_default();
+            if samples.len() < SAMPLES_PER_KIND {
+                let (identifier, reason) = if kind == INVALID {
+                    (
+                        raws.is_valid(i).then(|| raws.value(i).to_string()),
+                        reasons.is_valid(i).then(|| reasons.value(i).to_string()),
+                    )
+                } else {
+                    (ids.is_valid(i).then(|| ids.value(i).to_string()), None)
+                };
+                samples.push(Sample { identifier, reason });
+            }
+        }
+        Ok(kinds)
+    }
+}
+
 /// Streams the change set once, counting each kind and keeping a few samples of each.
 pub async fn summarize(set: &ChangeSet) -> Result<Summary> {
-    let mut summary = Summary::default();
+    let mut tally = Tally::default();
     for df in &set.buckets {
         let df = df
             .clone()
@@ -290,43 +345,8 @@ pub async fn summarize(set: &ChangeSet) -> Result<Summary> {
             .map_err(|e| Error::Input(df_message("change detection", &e)))?;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| Error::Input(df_message("change detection", &e)))?;
-            let col = |i: usize| cast(batch.column(i), &DataType::Utf8);
-            let (kinds, ids, raws, reasons) = match (col(0), col(1), col(2), col(3)) {
-                (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
-                _ => return Err(Error::Internal("change set columns are not strings".into())),
-            };
-            let kinds = kinds.as_string::<i32>();
-            let ids = ids.as_string::<i32>();
-            let raws = raws.as_string::<i32>();
-            let reasons = reasons.as_string::<i32>();
-            for i in 0..batch.num_rows() {
-                let kind = kinds.value(i);
-                let c = &mut summary.counts;
-                match kind {
-                    NEW => c.new += 1,
-                    CHANGED => c.changed += 1,
-                    UNCHANGED => c.unchanged += 1,
-                    DELETED => c.deleted += 1,
-                    INVALID => c.invalid += 1,
-                    other => return Err(Error::Internal(format!("unknown change kind {other}"))),
-                }
-                if kind == UNCHANGED {
-                    continue;
-                }
-                let samples = summary.samples.entry(kind.to_string()).or_default();
-                if samples.len() < SAMPLES_PER_KIND {
-                    let (identifier, reason) = if kind == INVALID {
-                        (
-                            raws.is_valid(i).then(|| raws.value(i).to_string()),
-                            reasons.is_valid(i).then(|| reasons.value(i).to_string()),
-                        )
-                    } else {
-                        (ids.is_valid(i).then(|| ids.value(i).to_string()), None)
-                    };
-                    samples.push(Sample { identifier, reason });
-                }
-            }
+            tally.add(&batch)?;
         }
     }
-    Ok(summary)
+    Ok(tally.summary)
 }

@@ -184,6 +184,18 @@ impl State {
         .await
     }
 
+    /// The store and path of a state file, for writers that stream into it.
+    pub fn object(&self, rel: &str) -> (Arc<dyn ObjectStore>, ObjPath) {
+        (Arc::clone(&self.store), self.path(rel))
+    }
+
+    /// Removes a state file, best effort (used for temporary files).
+    pub async fn remove(&self, rel: &str) {
+        if let Err(e) = self.store.delete(&self.path(rel)).await {
+            tracing::debug!(file = rel, error = %one_line(&e), "could not remove a temporary state file");
+        }
+    }
+
     /// Stores a small JSON document (a run report) under `rel`.
     pub async fn put_json(&self, rel: &str, value: &serde_json::Value) -> Result<()> {
         let body = serde_json::to_vec_pretty(value)

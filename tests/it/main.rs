@@ -1,1 +1,6 @@
-fn main() {}
+//! The one integration-test binary (each extra test binary would relink DataFusion).
+
+mod cli;
+mod common;
+mod diff;
+mod state;

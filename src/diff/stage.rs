@@ -1,0 +1,147 @@
+//! Staging: the change set written once to the state folder before anything is sent, so
+//! guards see exact counts and the sink streams from a file instead of re-running the model.
+//!
+//! Pass 1 streams the classified rows, counting every kind, and keeps new, changed and
+//! deleted rows (invalid ones go to their own file for inspection). Pass 2 joins the staged
+//! changed rows, a small set, with the state's stored values to record which attributes
+//! changed, in the `_changed` column (attribute names, comma-separated).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use futures::StreamExt;
+use object_store::buffered::BufWriter;
+
+use super::{CHANGED, ChangeSet, DELETED, INVALID, KIND, NEW, Summary, Tally};
+use crate::config::Settings;
+use crate::error::{Error, Result, df_message};
+use crate::state::{self, State, quote};
+
+pub const CHANGED_COLUMNS: &str = "_changed";
+
+/// A staged change set, ready for the sink.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    /// The change set (new, changed, deleted rows), relative to the state folder.
+    pub rel: String,
+    /// Invalid rows with their reasons, relative to the state folder.
+    pub invalid_rel: String,
+    pub summary: Summary,
+}
+
+/// Writes the change set of `set` to `staged/<run_id>.parquet`.
+pub async fn stage(
+    ctx: &SessionContext,
+    settings: &Settings,
+    state: &State,
+    set: &ChangeSet,
+    run_id: &str,
+) -> Result<Staged> {
+    let pass1 = format!("staged/{run_id}.pass1.parquet");
+    let invalid_rel = format!("staged/{run_id}.invalid.parquet");
+    let mut tally = Tally::default();
+    let schema = set
+        .buckets
+        .first()
+        .map(|df| Arc::new(df.schema().as_arrow().clone()))
+        .ok_or_else(|| Error::Internal("change set has no buckets".into()))?;
+    let open = |rel: &str| -> Result<AsyncArrowWriter<BufWriter>> {
+        let (store, path) = state.object(rel);
+        AsyncArrowWriter::try_new(BufWriter::new(store, path), Arc::clone(&schema), None)
+            .map_err(|e| Error::Storage(format!("state: writing {rel}: {e}")))
+    };
+    let mut changes = open(&pass1)?;
+    let mut invalid = open(&invalid_rel)?;
+    let werr = |rel: &str, e: datafusion::parquet::errors::ParquetError| {
+        Error::Storage(format!("state: writing {rel}: {e}"))
+    };
+    for df in &set.buckets {
+        let mut stream = df
+            .clone()
+            .execute_stream()
+            .await
+            .map_err(|e| Error::Input(df_message("change detection", &e)))?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| Error::Input(df_message("change detection", &e)))?;
+            let kinds = tally.add(&batch)?;
+            let keep: BooleanArray = kinds
+                .iter()
+                .map(|k| Some(matches!(k, Some(NEW | CHANGED | DELETED))))
+                .collect();
+            let bad: BooleanArray = kinds.iter().map(|k| Some(k == Some(INVALID))).collect();
+            let f = |mask: &BooleanArray| {
+                filter_record_batch(&batch, mask)
+                    .map_err(|e| Error::Internal(format!("filtering the change set: {e}")))
+            };
+            let kept = f(&keep)?;
+            if kept.num_rows() > 0 {
+                changes.write(&kept).await.map_err(|e| werr(&pass1, e))?;
+            }
+            let kept = f(&bad)?;
+            if kept.num_rows() > 0 {
+                invalid
+                    .write(&kept)
+                    .await
+                    .map_err(|e| werr(&invalid_rel, e))?;
+            }
+        }
+    }
+    changes.close().await.map_err(|e| werr(&pass1, e))?;
+    invalid.close().await.map_err(|e| werr(&invalid_rel, e))?;
+
+    // Pass 2: which attributes changed, from the stored values.
+    let fail = |e: datafusion::error::DataFusionError| Error::Storage(df_message("staging", &e));
+    let staged = ctx
+        .read_parquet(state.url(&pass1), ParquetReadOptions::default())
+        .await
+        .map_err(fail)?;
+    ctx.register_table("__vs_stage1", staged.into_view())
+        .map_err(fail)?;
+    let state_cols = ctx
+        .table("__vs_state")
+        .await
+        .map_err(fail)?
+        .schema()
+        .as_arrow()
+        .clone();
+    let value_key = super::row_hash::VALUE_KEY;
+    let mut stored = vec![quote(state::IDENTIFIER)];
+    let mut tests = Vec::new();
+    for m in &settings.attributes {
+        let a = quote(&m.attribute);
+        if state_cols.field_with_name(&m.attribute).is_ok() {
+            stored.push(a.clone());
+            // Parenthesised: DataFusion 55 misparses unparenthesised IS DISTINCT FROM chains.
+            tests.push(format!(
+                "CASE WHEN ({value_key}(c.{a}) IS DISTINCT FROM {value_key}(s.{a})) THEN '{}' END",
+                m.attribute
+            ));
+        } else {
+            tests.push(format!(
+                "CASE WHEN ({value_key}(c.{a}) IS NOT NULL) THEN '{}' END",
+                m.attribute
+            ));
+        }
+    }
+    let sql = format!(
+        "SELECT c.*, CASE WHEN (c.{KIND} = '{CHANGED}') THEN concat_ws(',', {tests}) END AS {CHANGED_COLUMNS} \
+         FROM __vs_stage1 c \
+         LEFT JOIN (SELECT {stored} FROM __vs_state) s \
+           ON (c.{KIND} = '{CHANGED}' AND c.{id} = s.{id})",
+        tests = tests.join(", "),
+        stored = stored.join(", "),
+        id = quote(state::IDENTIFIER),
+    );
+    let detailed = ctx.sql(&sql).await.map_err(fail)?;
+    let rel = format!("staged/{run_id}.parquet");
+    state.write(detailed, &rel).await?;
+    state.remove(&pass1).await;
+    Ok(Staged {
+        rel,
+        invalid_rel,
+        summary: tally.summary,
+    })
+}

@@ -1,0 +1,110 @@
+//! Shared fixtures: Parquet files, sync folders with a config, and the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+
+pub fn write_parquet(path: &Path, batch: &RecordBatch) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
+/// A sync in a temporary folder: `data/t.parquet` as table `t`, a config, a state folder.
+pub struct Sync {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sync {
+    pub fn new() -> Sync {
+        Sync {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("sync.toml")
+    }
+
+    /// Replaces the extract of table `t`.
+    pub fn land(&self, batch: &RecordBatch) {
+        write_parquet(&self.path("data/t.parquet"), batch);
+    }
+
+    /// Writes a config whose model is `sql` over table `t`, with `extra` TOML appended
+    /// (mappings and overrides).
+    pub fn write_config(&self, sql: &str, id_col: &str, key: &str, mode: &str, extra: &str) {
+        let text = format!(
+            r#"name = "test-sync"
+
+[source]
+tables = {{ t = "data/t.parquet" }}
+
+[model]
+sql = """{sql}"""
+
+[destination]
+url = "http://127.0.0.1:9"
+api_key_env = "VOYADO_SYNC_TEST_KEY"
+
+[identifier]
+column = "{id_col}"
+key = "{key}"
+
+[sync]
+mode = "{mode}"
+state = "state"
+
+{extra}
+"#
+        );
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.path("state/test-sync")
+    }
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the real binary.
+pub fn cli(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_voyado-sync"));
+    cmd.args(args)
+        .env_remove("VOYADO_SYNC_CONFIG")
+        .env("NO_COLOR", "1");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", out.stdout))
+}
+
+pub fn counts(v: &serde_json::Value) -> [u64; 5] {
+    let c = &v["counts"];
+    ["new", "changed", "unchanged", "deleted", "invalid"].map(|k| c[k].as_u64().unwrap())
+}
