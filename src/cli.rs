@@ -55,6 +55,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sync: send the change set to Voyado and commit what it confirmed.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+        /// Run even when a guard (max_deleted_percent, max_changed_percent) trips.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List past runs of this sync, from the reports stored with its state.
+    History {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Forget the snapshot so the next run sends every row.
     Reset {
         #[command(flatten)]

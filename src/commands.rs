@@ -67,16 +67,18 @@ pub async fn check(config_path: &Path) -> Result<CheckOutcome> {
     })
 }
 
-struct Prepared {
-    settings: Settings,
-    ctx: SessionContext,
-    state: State,
-    run_id: String,
-    started: chrono::DateTime<chrono::Utc>,
-    clock: Instant,
+/// A command's session: validated settings, a DataFusion session with the sources, and the
+/// sync's state.
+pub(crate) struct Prepared {
+    pub settings: Settings,
+    pub ctx: SessionContext,
+    pub state: State,
+    pub run_id: String,
+    pub started: chrono::DateTime<chrono::Utc>,
+    pub clock: Instant,
 }
 
-async fn prepare(config_path: &Path, create_state: bool) -> Result<Prepared> {
+pub(crate) async fn prepare(config_path: &Path, create_state: bool) -> Result<Prepared> {
     let started = chrono::Utc::now();
     let clock = Instant::now();
     let settings = config::load(config_path)?;
@@ -94,7 +96,7 @@ async fn prepare(config_path: &Path, create_state: bool) -> Result<Prepared> {
 }
 
 impl Prepared {
-    fn report(&self, command: &str, summary: diff::Summary) -> Report {
+    pub fn report(&self, command: &str, summary: diff::Summary) -> Report {
         Report {
             run_id: self.run_id.clone(),
             sync: self.settings.name.clone(),
@@ -105,11 +107,15 @@ impl Prepared {
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             duration_ms: self.clock.elapsed().as_millis() as u64,
             counts: summary.counts,
+            outcomes: None,
+            requests: None,
+            retries: None,
+            warnings: Vec::new(),
             samples: summary.samples,
         }
     }
 
-    async fn change_set(&self) -> Result<(diff::ChangeSet, Option<state::Manifest>)> {
+    pub async fn change_set(&self) -> Result<(diff::ChangeSet, Option<state::Manifest>)> {
         let manifest = self.state.manifest().await?;
         let snapshot = match &manifest {
             Some(m) => Some((self.state.load(&self.ctx, m).await?, m)),
@@ -260,7 +266,7 @@ async fn prepare_state_only(config_path: &Path) -> Result<Prepared> {
 
 /// Stores a report with the state; a failure here is logged, not fatal (the state itself
 /// is already committed).
-async fn store_report(p: &Prepared, report: &Report) {
+pub(crate) async fn store_report(p: &Prepared, report: &Report) {
     let value = match serde_json::to_value(report) {
         Ok(v) => v,
         Err(_) => return,
@@ -272,4 +278,52 @@ async fn store_report(p: &Prepared, report: &Report) {
     {
         tracing::warn!(error = %e, "could not store the run report");
     }
+}
+
+/// Past runs' reports, oldest first.
+pub async fn history(config_path: &Path) -> Result<Vec<serde_json::Value>> {
+    let p = prepare_state_only_readonly(config_path).await?;
+    p.state.reports().await
+}
+
+/// One line per report: when, what, counts, outcomes.
+pub fn history_line(r: &serde_json::Value) -> String {
+    let c = &r["counts"];
+    let mut line = format!(
+        "{}  {:<8} new {} changed {} unchanged {} deleted {} invalid {}",
+        r["started_at"].as_str().unwrap_or("?"),
+        r["command"].as_str().unwrap_or("?"),
+        c["new"],
+        c["changed"],
+        c["unchanged"],
+        c["deleted"],
+        c["invalid"]
+    );
+    if let Some(o) = r.get("outcomes") {
+        line.push_str(&format!(
+            " | created {} updated {} skipped {} not_found {} rejected {} failed {}",
+            o["created"], o["updated"], o["skipped"], o["not_found"], o["rejected"], o["failed"]
+        ));
+    }
+    if let Some(w) = r.get("warnings").and_then(|w| w.as_array())
+        && !w.is_empty()
+    {
+        line.push_str(&format!(" | {} warning(s)", w.len()));
+    }
+    line
+}
+
+async fn prepare_state_only_readonly(config_path: &Path) -> Result<Prepared> {
+    let started = chrono::Utc::now();
+    let settings = config::load(config_path)?;
+    let ctx = crate::catalog::session(&settings)?;
+    let state = State::open(&ctx, &settings, false)?;
+    Ok(Prepared {
+        settings,
+        ctx,
+        state,
+        run_id: new_run_id(started),
+        started,
+        clock: Instant::now(),
+    })
 }

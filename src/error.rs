@@ -26,6 +26,9 @@ pub enum Error {
     /// The state location (local folder or object store) failed.
     #[error("{0}")]
     Storage(String),
+    /// Voyado could not be reached or answered unusably; nothing more can be sent now.
+    #[error("{0}")]
+    Destination(String),
     /// Another run of the same sync holds the lock.
     #[error("{0}")]
     Locked(String),
@@ -45,7 +48,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) | Error::Input(_) => exit::INPUT,
-            Error::Storage(_) | Error::Locked(_) => exit::INCOMPLETE,
+            Error::Storage(_) | Error::Locked(_) | Error::Destination(_) => exit::INCOMPLETE,
             Error::Guard(_) => exit::GUARD,
             Error::Internal(_) => exit::INTERNAL,
         }

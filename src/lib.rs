@@ -10,6 +10,8 @@
 //! - [`diff`]: joins of the model's rows with the state on the normalised identifier,
 //!   classifying every row as new, changed, unchanged, deleted or invalid.
 //! - [`state`]: snapshot, deltas, manifest and lock on a folder or object store.
+//! - [`sink`]: the Voyado Engage client, payload encoding and per-row decisions.
+//! - [`runner`]: one `run`, from the diff to the committed snapshot.
 //! - [`commands`]: `check`, `plan`, `baseline`, `reset`; [`report`]: what they print.
 
 pub mod catalog;
@@ -21,6 +23,8 @@ pub mod error;
 pub mod identity;
 pub mod model;
 pub mod report;
+pub mod runner;
+pub mod sink;
 pub mod state;
 
 pub use error::{Error, Result};

@@ -55,6 +55,33 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             let report = commands::baseline(&config.config).await?;
             emit(&report, json)
         }
+        Command::Run {
+            config,
+            json,
+            force,
+        } => {
+            let options = voyado_sync::runner::RunOptions {
+                force,
+                progress: !cli.quiet && !json,
+                ..Default::default()
+            };
+            let result = voyado_sync::runner::run(&config.config, &options).await?;
+            emit(&result.report, json)?;
+            Ok(result.exit_code)
+        }
+        Command::History { config, json } => {
+            let reports = commands::history(&config.config).await?;
+            if json {
+                print_json(&reports).map_err(|e| Error::Internal(e.to_string()))?;
+            } else if reports.is_empty() {
+                println!("no runs recorded");
+            } else {
+                for r in &reports {
+                    println!("{}", commands::history_line(r));
+                }
+            }
+            Ok(exit::OK)
+        }
         Command::Reset { config } => {
             let existed = commands::reset(&config.config).await?;
             if existed {

@@ -63,6 +63,14 @@ pub fn check_output(schema: &Schema, settings: &Settings) -> Vec<String> {
             }
         }
     }
+    if let Some(c) = &settings.contact_id_column
+        && schema.field_with_name(c).is_err()
+    {
+        problems.push(format!(
+            "[identifier] contact_id_column: the model has no column {c:?} (it has: {})",
+            available()
+        ));
+    }
     for m in &settings.attributes {
         let place = if m.custom {
             "[custom_attributes] columns"

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::diff::{Counts, Sample};
+use crate::sink::voyado::{OutcomeCounts, RequestCounts};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -15,6 +16,18 @@ pub struct Report {
     pub started_at: String,
     pub duration_ms: u64,
     pub counts: Counts,
+    /// `run` only: one outcome per new or changed row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcomes: Option<OutcomeCounts>,
+    /// `run` only: requests by endpoint and answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<RequestCounts>,
+    /// `run` only: requests repeated after a retryable failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u64>,
+    /// Breached warning thresholds (the run exits 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub samples: BTreeMap<String, Vec<Sample>>,
 }
 
@@ -40,6 +53,34 @@ impl Report {
             c.deleted,
             c.invalid
         );
+        if let Some(o) = &self.outcomes {
+            out.push_str(&format!(
+                "  outcomes: created {}, updated {}, skipped {}, not_found {}, rejected {}, failed {}\n",
+                o.created, o.updated, o.skipped, o.not_found, o.rejected, o.failed
+            ));
+        }
+        if let Some(r) = &self.requests {
+            let fmt = |m: &BTreeMap<String, u64>| {
+                if m.is_empty() {
+                    "none".to_string()
+                } else {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            };
+            out.push_str(&format!(
+                "  requests: lookup [{}], create [{}], update [{}]; retries {}\n",
+                fmt(&r.lookup),
+                fmt(&r.create),
+                fmt(&r.update),
+                self.retries.unwrap_or(0)
+            ));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("  warning: {w}\n"));
+        }
         for (kind, samples) in &self.samples {
             if samples.is_empty() {
                 continue;

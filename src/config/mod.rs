@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 
 pub use validate::{
     ApiKeySource, AttributeMapping, DestinationSettings, Key, Limits, Location, Mode, Settings,
+    Thresholds,
 };
 
 #[derive(Debug, Deserialize)]
@@ -29,6 +30,58 @@ pub struct Config {
     pub sync: SyncConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub warnings: WarningsConfig,
+    #[serde(default)]
+    pub guards: GuardsConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarningsConfig {
+    /// Percent of the rows attempted.
+    #[serde(default = "default_five")]
+    pub max_rejected_percent: f64,
+    /// Percent of the model's rows.
+    #[serde(default = "default_five")]
+    pub max_invalid_percent: f64,
+}
+
+impl Default for WarningsConfig {
+    fn default() -> Self {
+        WarningsConfig {
+            max_rejected_percent: 5.0,
+            max_invalid_percent: 5.0,
+        }
+    }
+}
+
+fn default_five() -> f64 {
+    5.0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardsConfig {
+    /// Percent of a non-empty snapshot.
+    #[serde(default = "default_twenty")]
+    pub max_deleted_percent: f64,
+    /// Percent of the snapshot; off unless set.
+    #[serde(default)]
+    pub max_changed_percent: Option<f64>,
+}
+
+impl Default for GuardsConfig {
+    fn default() -> Self {
+        GuardsConfig {
+            max_deleted_percent: 20.0,
+            max_changed_percent: None,
+        }
+    }
+}
+
+fn default_twenty() -> f64 {
+    20.0
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +119,8 @@ fn default_contact_type() -> String {
 pub struct IdentifierConfig {
     pub column: String,
     pub key: String,
+    /// A model column holding a known Voyado contactId, used when non-null.
+    pub contact_id_column: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +138,18 @@ pub struct SyncConfig {
     pub state: String,
     #[serde(default = "default_lock_stale_secs")]
     pub lock_stale_secs: u64,
+    #[serde(default = "default_checkpoint_rows")]
+    pub checkpoint_rows: u64,
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_secs: u64,
+}
+
+fn default_checkpoint_rows() -> u64 {
+    5000
+}
+
+fn default_checkpoint_secs() -> u64 {
+    30
 }
 
 fn default_state() -> String {
@@ -105,6 +172,22 @@ pub struct LimitsConfig {
     /// 0 = choose from the snapshot size and the memory limit.
     #[serde(default)]
     pub diff_partitions: u32,
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    #[serde(default = "default_retry_budget_secs")]
+    pub retry_budget_secs: u64,
+}
+
+fn default_max_retries() -> u32 {
+    8
+}
+fn default_request_timeout_secs() -> u64 {
+    30
+}
+fn default_retry_budget_secs() -> u64 {
+    300
 }
 
 impl Default for LimitsConfig {
@@ -114,6 +197,9 @@ impl Default for LimitsConfig {
             concurrency: default_concurrency(),
             memory_limit_mb: default_memory_limit_mb(),
             diff_partitions: 0,
+            max_retries: default_max_retries(),
+            request_timeout_secs: default_request_timeout_secs(),
+            retry_budget_secs: default_retry_budget_secs(),
         }
     }
 }

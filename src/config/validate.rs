@@ -21,6 +21,8 @@ pub struct Settings {
     pub destination: DestinationSettings,
     pub identifier_column: String,
     pub key: Key,
+    /// Optional model column with known contactIds.
+    pub contact_id_column: Option<String>,
     /// Mapped columns, sorted by attribute name (the order the row hash uses).
     pub attributes: Vec<AttributeMapping>,
     pub mode: Mode,
@@ -28,6 +30,7 @@ pub struct Settings {
     pub state: Location,
     pub lock_stale_secs: u64,
     pub limits: Limits,
+    pub thresholds: Thresholds,
     /// Non-fatal findings, shown by `check`.
     pub notes: Vec<String>,
 }
@@ -145,6 +148,20 @@ pub struct Limits {
     pub concurrency: u32,
     pub memory_limit_mb: u64,
     pub diff_partitions: u32,
+    pub max_retries: u32,
+    pub request_timeout_secs: u64,
+    pub retry_budget_secs: u64,
+    pub checkpoint_rows: u64,
+    pub checkpoint_secs: u64,
+}
+
+/// Thresholds: warnings make a committed run exit 3; guards refuse to start (exit 5).
+#[derive(Debug, Clone)]
+pub struct Thresholds {
+    pub max_rejected_percent: f64,
+    pub max_invalid_percent: f64,
+    pub max_deleted_percent: f64,
+    pub max_changed_percent: Option<f64>,
 }
 
 /// A local path (absolute) or an object-store URL.
@@ -538,6 +555,48 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
     if l.memory_limit_mb < 64 {
         problems.push("[limits] memory_limit_mb: must be at least 64".to_string());
     }
+    if l.request_timeout_secs == 0 {
+        problems.push("[limits] request_timeout_secs: must be at least 1".to_string());
+    }
+    if config.sync.checkpoint_rows == 0 {
+        problems.push("[sync] checkpoint_rows: must be at least 1".to_string());
+    }
+    if config.sync.checkpoint_secs == 0 {
+        problems.push("[sync] checkpoint_secs: must be at least 1".to_string());
+    }
+    let pct = |name: &str, v: f64, problems: &mut Vec<String>| {
+        if !(0.0..=100.0).contains(&v) {
+            problems.push(format!("{name}: {v} is not a percentage between 0 and 100"));
+        }
+    };
+    pct(
+        "[warnings] max_rejected_percent",
+        config.warnings.max_rejected_percent,
+        &mut problems,
+    );
+    pct(
+        "[warnings] max_invalid_percent",
+        config.warnings.max_invalid_percent,
+        &mut problems,
+    );
+    pct(
+        "[guards] max_deleted_percent",
+        config.guards.max_deleted_percent,
+        &mut problems,
+    );
+    if let Some(v) = config.guards.max_changed_percent {
+        pct("[guards] max_changed_percent", v, &mut problems);
+    }
+    if let Some(c) = &config.identifier.contact_id_column {
+        if c == id_col {
+            problems.push("[identifier] contact_id_column: must differ from column".to_string());
+        }
+        if seen_columns.contains(c.as_str()) {
+            problems.push(format!(
+                "[identifier] contact_id_column: column {c} is also mapped as an attribute"
+            ));
+        }
+    }
     if config.sync.lock_stale_secs == 0 {
         problems.push("[sync] lock_stale_secs: must be at least 1".to_string());
     }
@@ -566,6 +625,7 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
             store_external_id: config.destination.store_external_id,
         },
         identifier_column: config.identifier.column,
+        contact_id_column: config.identifier.contact_id_column,
         key,
         attributes,
         mode,
@@ -576,6 +636,17 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
             concurrency: l.concurrency,
             memory_limit_mb: l.memory_limit_mb,
             diff_partitions: l.diff_partitions,
+            max_retries: l.max_retries,
+            request_timeout_secs: l.request_timeout_secs,
+            retry_budget_secs: l.retry_budget_secs,
+            checkpoint_rows: config.sync.checkpoint_rows,
+            checkpoint_secs: config.sync.checkpoint_secs,
+        },
+        thresholds: Thresholds {
+            max_rejected_percent: config.warnings.max_rejected_percent,
+            max_invalid_percent: config.warnings.max_invalid_percent,
+            max_deleted_percent: config.guards.max_deleted_percent,
+            max_changed_percent: config.guards.max_changed_percent,
         },
         notes,
     })

@@ -30,6 +30,8 @@ pub const KIND: &str = "_kind";
 pub const RAW_IDENTIFIER: &str = "_raw_identifier";
 pub const REASON: &str = "_reason";
 pub const PREV_STATUS: &str = "_prev_status";
+/// The model's own contactId column (`[identifier] contact_id_column`), when configured.
+pub const KNOWN_CONTACT_ID: &str = "_known_contact_id";
 
 pub const NEW: &str = "new";
 pub const CHANGED: &str = "changed";
@@ -121,8 +123,12 @@ pub async fn plan(
         .iter()
         .map(|m| quote(&m.attribute))
         .collect::<Vec<_>>();
+    let known = match &settings.contact_id_column {
+        Some(c) => format!("NULLIF(trim(CAST({} AS VARCHAR)), '')", quote(c)),
+        None => "CAST(NULL AS VARCHAR)".to_string(),
+    };
     let sql = format!(
-        "SELECT {raw} AS {RAW_IDENTIFIER}, {norm}({raw}, '{key}') AS {ident}, {values} FROM __vs_model_src",
+        "SELECT {raw} AS {RAW_IDENTIFIER}, {norm}({raw}, '{key}') AS {ident}, {known} AS {KNOWN_CONTACT_ID}, {values} FROM __vs_model_src",
         raw = format!("CAST({id} AS VARCHAR)"),
         norm = identity::udf::NORMALIZE,
         ident = state::IDENTIFIER,
@@ -259,7 +265,7 @@ pub async fn plan(
                     WHEN (m.{rh} = s.__s_hash) THEN '{UNCHANGED}' \
                     ELSE '{CHANGED}' END AS {KIND}, \
                COALESCE(m.{ident}, s.__s_id) AS {ident}, \
-               m.{RAW_IDENTIFIER}, m.{REASON}, \
+               m.{RAW_IDENTIFIER}, m.{REASON}, m.{KNOWN_CONTACT_ID}, \
                s.__s_contact_id AS {cid}, s.__s_status AS {PREV_STATUS}, \
                m.{rh}, {values} \
              FROM (SELECT * FROM __vs_snap {sf}) s \

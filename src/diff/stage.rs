@@ -41,7 +41,7 @@ pub async fn stage(
     run_id: &str,
 ) -> Result<Staged> {
     let pass1 = format!("staged/{run_id}.pass1.parquet");
-    let invalid_rel = format!("staged/{run_id}.invalid.parquet");
+    let invalid_rel = format!("reports/{run_id}.invalid.parquet");
     let mut tally = Tally::default();
     let schema = set
         .buckets

@@ -207,6 +207,34 @@ impl State {
         Ok(())
     }
 
+    /// Every stored run report, oldest first (run ids sort by start time).
+    pub async fn reports(&self) -> Result<Vec<serde_json::Value>> {
+        let prefix = self.path("reports");
+        let mut listed: Vec<ObjPath> =
+            match self.store.list(Some(&prefix)).try_collect::<Vec<_>>().await {
+                Ok(v) => v.into_iter().map(|o| o.location).collect(),
+                Err(object_store::Error::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(storage("listing reports", &e)),
+            };
+        listed.retain(|p| p.as_ref().ends_with(".json"));
+        listed.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        let mut out = Vec::new();
+        for p in listed {
+            let bytes = match self.store.get(&p).await {
+                Ok(r) => r
+                    .bytes()
+                    .await
+                    .map_err(|e| storage("reading a report", &e))?,
+                Err(e) => return Err(storage("reading a report", &e)),
+            };
+            match serde_json::from_slice(&bytes) {
+                Ok(v) => out.push(v),
+                Err(e) => tracing::warn!(report = %p, error = %e, "skipping an unreadable report"),
+            }
+        }
+        Ok(out)
+    }
+
     /// The current state as one frame: the snapshot with every named delta applied (the
     /// latest delta row per identifier wins; `_op = 'delete'` removes it).
     pub async fn load(&self, ctx: &SessionContext, m: &Manifest) -> Result<DataFrame> {

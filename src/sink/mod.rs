@@ -1,0 +1,3 @@
+//! Destinations. Voyado Engage is the one there is.
+
+pub mod voyado;

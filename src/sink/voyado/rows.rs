@@ -1,0 +1,154 @@
+//! Per-row decisions: which lookups, creates and updates a row needs in each sync mode.
+//!
+//! Voyado's own advice shapes this: look a contact up before creating it, treat a 409 on
+//! create as "it exists" (look up, then update), never resend a create whose outcome is
+//! unknown without looking first, and send an update only the attributes that changed.
+
+use super::client::{Client, Create, Lookup, Update};
+use super::encode::object;
+use super::outcome::Outcome;
+use crate::config::{Key, Mode};
+
+/// One staged row, encoded.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Normalised identifier (the key attribute's value).
+    pub identifier: String,
+    /// New to the snapshot, or previously not_found / rejected: sends every value.
+    pub as_new: bool,
+    /// A contactId already known (from the snapshot or the model).
+    pub contact_id: Option<String>,
+    /// Every non-empty mapped value, as (attribute, JSON text).
+    pub full: Vec<(String, String)>,
+    /// Changed, non-empty values (changed rows only).
+    pub changed: Vec<(String, String)>,
+}
+
+pub struct Planner<'a> {
+    pub client: &'a Client,
+    pub mode: Mode,
+    pub key: Key,
+    pub contact_type: &'a str,
+}
+
+fn body(pairs: &[(String, String)]) -> String {
+    let refs: Vec<(&str, String)> = pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    object(&refs)
+}
+
+/// How many times a create may be re-attempted after 409s or unknown outcomes.
+const CREATE_ATTEMPTS: usize = 3;
+
+impl Planner<'_> {
+    pub async fn process(&self, job: &Job) -> Outcome {
+        let payload = if job.as_new { &job.full } else { &job.changed };
+        if self.key == Key::ContactId {
+            if payload.is_empty() {
+                return Outcome::Skipped(Some(job.identifier.clone()));
+            }
+            return match self.client.update(&job.identifier, &body(payload)).await {
+                Update::Updated => Outcome::Updated(job.identifier.clone()),
+                Update::NotFound => Outcome::NotFound,
+                Update::Rejected(r) => Outcome::Rejected(r),
+                Update::Failed(r) => Outcome::Failed(r),
+            };
+        }
+        if !job.as_new && payload.is_empty() {
+            return Outcome::Skipped(job.contact_id.clone());
+        }
+        let id = match &job.contact_id {
+            Some(id) => id.clone(),
+            None => match self.client.lookup(&job.identifier).await {
+                Lookup::Found(id) => id,
+                Lookup::NotFound => return self.create_or_not_found(job).await,
+                Lookup::Rejected(r) => return Outcome::Rejected(r),
+                Lookup::Failed(r) => return Outcome::Failed(r),
+            },
+        };
+        if payload.is_empty() {
+            return Outcome::Skipped(Some(id));
+        }
+        match self.client.update(&id, &body(payload)).await {
+            Update::Updated => Outcome::Updated(id),
+            Update::Rejected(r) => Outcome::Rejected(r),
+            Update::Failed(r) => Outcome::Failed(r),
+            // Deleted in Voyado since we learnt its id: find it again, or recreate it.
+            Update::NotFound => match self.client.lookup(&job.identifier).await {
+                Lookup::Found(other) if other != id => self.update_full(job, other).await,
+                Lookup::Found(_) | Lookup::NotFound => self.create_or_not_found(job).await,
+                Lookup::Rejected(r) => Outcome::Rejected(r),
+                Lookup::Failed(r) => Outcome::Failed(r),
+            },
+        }
+    }
+
+    async fn update_full(&self, job: &Job, id: String) -> Outcome {
+        if job.full.is_empty() {
+            return Outcome::Skipped(Some(id));
+        }
+        match self.client.update(&id, &body(&job.full)).await {
+            Update::Updated => Outcome::Updated(id),
+            Update::NotFound => {
+                Outcome::Failed(format!("contact {id} disappeared while being updated"))
+            }
+            Update::Rejected(r) => Outcome::Rejected(r),
+            Update::Failed(r) => Outcome::Failed(r),
+        }
+    }
+
+    async fn create_or_not_found(&self, job: &Job) -> Outcome {
+        if self.mode == Mode::Update || matches!(self.key, Key::ContactId | Key::MemberNumber) {
+            return Outcome::NotFound;
+        }
+        let mut pairs = vec![
+            (
+                self.key.as_str().to_string(),
+                serde_json::to_string(&job.identifier).unwrap_or_default(),
+            ),
+            (
+                "contactType".to_string(),
+                serde_json::to_string(self.contact_type).unwrap_or_default(),
+            ),
+        ];
+        pairs.extend(job.full.iter().cloned());
+        let create_body = body(&pairs);
+        let mut last = String::new();
+        for _ in 0..CREATE_ATTEMPTS {
+            match self.client.create(&create_body).await {
+                Create::Created(Some(id)) => return Outcome::Created(id),
+                Create::Rejected(r) => return Outcome::Rejected(r),
+                Create::Failed(r) => return Outcome::Failed(r),
+                // Exists (another writer, or our own earlier create whose answer was lost):
+                // take it over with every value.
+                Create::Exists => match self.client.lookup(&job.identifier).await {
+                    Lookup::Found(id) => return self.update_full(job, id).await,
+                    // Being created by someone else right now: try again.
+                    Lookup::NotFound => last = "409 on create, then not found".to_string(),
+                    Lookup::Rejected(r) => return Outcome::Rejected(r),
+                    Lookup::Failed(r) => return Outcome::Failed(r),
+                },
+                // The create may have been applied: look before trying again.
+                unknown @ (Create::Unknown(_) | Create::Created(None)) => {
+                    let why = match unknown {
+                        Create::Unknown(r) => r,
+                        _ => "create answered without an id".to_string(),
+                    };
+                    match self.client.lookup(&job.identifier).await {
+                        Lookup::Found(id) => {
+                            return match self.update_full(job, id).await {
+                                Outcome::Updated(id) | Outcome::Skipped(Some(id)) => {
+                                    Outcome::Created(id)
+                                }
+                                other => other,
+                            };
+                        }
+                        Lookup::NotFound => last = format!("create outcome unknown ({why})"),
+                        Lookup::Rejected(r) => return Outcome::Rejected(r),
+                        Lookup::Failed(r) => return Outcome::Failed(r),
+                    }
+                }
+            }
+        }
+        Outcome::Failed(format!("could not create the contact: {last}"))
+    }
+}
