@@ -10,6 +10,7 @@
 //! - [`diff`]: joins of the model's rows with the state on the normalised identifier,
 //!   classifying every row as new, changed, unchanged, deleted or invalid.
 //! - [`state`]: snapshot, deltas, manifest and lock on a folder or object store.
+//! - [`emulator`]: a strict local Voyado Engage stand-in for tests and the demo.
 //! - [`commands`]: `check`, `plan`, `baseline`, `reset`; [`report`]: what they print.
 
 pub mod catalog;
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod diff;
+pub mod emulator;
 pub mod error;
 pub mod identity;
 pub mod model;
