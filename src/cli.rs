@@ -61,5 +61,5 @@ pub enum Command {
         config: ConfigArg,
     },
     /// Run a strict local Voyado Engage emulator (prints its address; stops on Ctrl-C).
-    Emulator(crate::emulator::EmulatorArgs),
+    Emulator(Box<crate::emulator::EmulatorArgs>),
 }

@@ -257,7 +257,7 @@ impl ScalarUDFImpl for HashUdf {
             }
             return Ok(ColumnarValue::Array(Arc::new(b.finish())));
         }
-        if args.args.len() % 2 != 0 {
+        if !args.args.len().is_multiple_of(2) {
             return exec_err!("{ROW_HASH} takes (name, value) pairs");
         }
         let mut names = Vec::new();

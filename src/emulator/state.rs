@@ -213,13 +213,22 @@ impl Tenant {
             .to_string()
     }
 
-    /// Stores a new contact, giving it a memberNumber, and returns its id.
+    /// Stores a new contact, giving it the next memberNumber unless it has one (a seed
+    /// restored from a dump keeps its own).
     pub fn insert(&mut self, mut contact: Contact) -> String {
-        contact.attributes.insert(
-            "memberNumber".into(),
-            Value::String(self.next_member_number.to_string()),
-        );
-        self.next_member_number += 1;
+        let given = contact
+            .str("memberNumber")
+            .and_then(|n| n.parse::<u64>().ok());
+        match given {
+            Some(n) => self.next_member_number = self.next_member_number.max(n + 1),
+            None => {
+                contact.attributes.insert(
+                    "memberNumber".into(),
+                    Value::String(self.next_member_number.to_string()),
+                );
+                self.next_member_number += 1;
+            }
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         for key in Self::index_keys(&contact) {

@@ -28,8 +28,7 @@ pub fn normalize(raw: &str, key: Key) -> String {
 /// (Duplicates are a property of the whole model output and are found in the diff plan.)
 pub fn problem(normalized: Option<&str>, key: Key) -> Option<&'static str> {
     let value = match normalized {
-        None => return Some(REASON_EMPTY),
-        Some(v) if v.is_empty() => return Some(REASON_EMPTY),
+        None | Some("") => return Some(REASON_EMPTY),
         Some(v) => v,
     };
     match key {
