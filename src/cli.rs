@@ -77,4 +77,6 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Run a strict local Voyado Engage emulator (prints its address; stops on Ctrl-C).
+    Emulator(Box<crate::emulator::EmulatorArgs>),
 }

@@ -12,6 +12,7 @@
 //! - [`state`]: snapshot, deltas, manifest and lock on a folder or object store.
 //! - [`sink`]: the Voyado Engage client, payload encoding and per-row decisions.
 //! - [`runner`]: one `run`, from the diff to the committed snapshot.
+//! - [`emulator`]: a strict local Voyado Engage stand-in for tests and the demo.
 //! - [`commands`]: `check`, `plan`, `baseline`, `reset`; [`report`]: what they print.
 
 pub mod catalog;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod diff;
+pub mod emulator;
 pub mod error;
 pub mod identity;
 pub mod model;

@@ -91,6 +91,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             }
             Ok(exit::OK)
         }
+        Command::Emulator(args) => voyado_sync::emulator::run_cli(*args).await,
     }
 }
 

@@ -1,0 +1,177 @@
+//! `voyado-sync emulator`: the emulator as a process, for the demo and manual testing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::{Map, Value};
+
+use super::{
+    ApiKey, ContactTypeConfig, Dump, Emulator, EmulatorConfig, EmulatorError, Faults, RateLimit,
+};
+use crate::error::{Error, exit};
+
+/// Flags of `voyado-sync emulator`.
+#[derive(Debug, Args)]
+pub struct EmulatorArgs {
+    /// Address to listen on; port 0 picks a free one. The address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// The API key clients must send in the `apikey` header.
+    #[arg(long, env = "VOYADO_EMULATOR_API_KEY", hide_env_values = true)]
+    pub api_key: ApiKey,
+    /// JSON file of contacts present at start: an array of flat contact objects, or a dump.
+    #[arg(long, value_name = "FILE")]
+    pub seed_contacts: Option<PathBuf>,
+    /// Custom attribute ids configured on the tenant (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    pub custom_attributes: Vec<String>,
+    /// Attributes mandatory on create, besides the key (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "ATTRIBUTES")]
+    pub mandatory: Vec<String>,
+    /// A contact type and its key attribute, e.g. `Member=email` (repeatable).
+    #[arg(
+        long = "contact-type",
+        value_name = "NAME=KEY",
+        default_value = "Member=email"
+    )]
+    pub contact_types: Vec<ContactTypeConfig>,
+    /// What `customKey=` lookups match: externalId or memberNumber.
+    #[arg(long, default_value = "externalId")]
+    pub custom_key: String,
+    /// Answer 429 above this many requests per second.
+    #[arg(long, value_name = "N")]
+    pub rate_limit: Option<u32>,
+    /// Send `Retry-After: S` with every 429.
+    #[arg(long, value_name = "S", requires = "rate_limit")]
+    pub retry_after_secs: Option<u64>,
+    /// Share (0..1) of requests answered 500, 502 or 503.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub error_rate: f64,
+    /// Latency added to every request, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub latency_ms: u64,
+    /// Share of successful writes applied but whose connection is cut before the answer.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub lost_answer_rate: f64,
+    /// Share of 404 lookups after which another writer creates that contact.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub race_create_rate: f64,
+    /// Share of the seed contacts deleted at start (contacts deleted between runs).
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub delete_on_start: f64,
+    /// Seed of every random fault: the same seed replays the same faults.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the dump (contacts, request counts, violations) to this file on exit.
+    #[arg(long, value_name = "FILE")]
+    pub dump_on_exit: Option<PathBuf>,
+}
+
+/// Seed contacts from a file: an array of flat objects, or an earlier dump.
+fn read_seed(path: &Path) -> Result<Vec<Map<String, Value>>, EmulatorError> {
+    let fail = |m: String| EmulatorError::Seed(format!("{}: {m}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    match value {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Object(map) => Ok(map),
+                _ => Err(fail("every contact must be a JSON object".into())),
+            })
+            .collect(),
+        Value::Object(_) => {
+            let dump: Dump =
+                serde_json::from_value(value).map_err(|e| fail(format!("not a dump: {e}")))?;
+            Ok(dump
+                .contacts
+                .iter()
+                .filter_map(|c| match c.to_api() {
+                    Value::Object(map) => Some(map),
+                    _ => None,
+                })
+                .collect())
+        }
+        _ => Err(fail("expected an array of contacts or a dump".into())),
+    }
+}
+
+impl EmulatorArgs {
+    fn into_config(self) -> Result<EmulatorConfig, EmulatorError> {
+        let seed_contacts = match &self.seed_contacts {
+            Some(path) => read_seed(path)?,
+            None => Vec::new(),
+        };
+        Ok(EmulatorConfig {
+            listen: self.listen,
+            api_key: self.api_key,
+            contact_types: self.contact_types,
+            custom_attributes: self.custom_attributes,
+            mandatory: self.mandatory,
+            custom_key: self.custom_key,
+            seed_contacts,
+            faults: Faults {
+                seed: self.seed,
+                rate_limit: self.rate_limit.map(|requests| RateLimit {
+                    requests,
+                    window: Duration::from_secs(1),
+                    retry_after_secs: self.retry_after_secs,
+                }),
+                error_rate: self.error_rate,
+                latency: Duration::from_millis(self.latency_ms),
+                lost_answer_rate: self.lost_answer_rate,
+                race_create_rate: self.race_create_rate,
+                delete_on_start: self.delete_on_start,
+            },
+            dump_on_exit: self.dump_on_exit,
+        })
+    }
+}
+
+fn to_error(e: EmulatorError) -> Error {
+    match e {
+        EmulatorError::Dump { .. } => Error::Storage(e.to_string()),
+        _ => Error::Input(e.to_string()),
+    }
+}
+
+/// Waits for Ctrl-C or, on Unix, SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the emulator until Ctrl-C or SIGTERM. Prints its base URL as the first stdout line.
+pub async fn run_cli(args: EmulatorArgs) -> Result<u8, Error> {
+    let config = args.into_config().map_err(to_error)?;
+    let emulator = Emulator::start(config).await.map_err(to_error)?;
+    println!("{}", emulator.base_url());
+    stop_signal().await;
+    let dump = emulator.shutdown().await.map_err(to_error)?;
+    eprintln!(
+        "emulator stopped: {} contacts, {} requests, {} violations",
+        dump.contacts.len(),
+        dump.request_total,
+        dump.violation_total
+    );
+    Ok(exit::OK)
+}
