@@ -178,6 +178,13 @@ pub struct LimitsConfig {
     pub request_timeout_secs: u64,
     #[serde(default = "default_retry_budget_secs")]
     pub retry_budget_secs: u64,
+    /// First backoff step; each retry doubles it (with jitter), up to 60 s.
+    #[serde(default = "default_retry_initial_backoff_ms")]
+    pub retry_initial_backoff_ms: u64,
+}
+
+fn default_retry_initial_backoff_ms() -> u64 {
+    500
 }
 
 fn default_max_retries() -> u32 {
@@ -200,6 +207,7 @@ impl Default for LimitsConfig {
             max_retries: default_max_retries(),
             request_timeout_secs: default_request_timeout_secs(),
             retry_budget_secs: default_retry_budget_secs(),
+            retry_initial_backoff_ms: default_retry_initial_backoff_ms(),
         }
     }
 }

@@ -151,6 +151,7 @@ pub struct Limits {
     pub max_retries: u32,
     pub request_timeout_secs: u64,
     pub retry_budget_secs: u64,
+    pub retry_initial_backoff_ms: u64,
     pub checkpoint_rows: u64,
     pub checkpoint_secs: u64,
 }
@@ -639,6 +640,7 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
             max_retries: l.max_retries,
             request_timeout_secs: l.request_timeout_secs,
             retry_budget_secs: l.retry_budget_secs,
+            retry_initial_backoff_ms: l.retry_initial_backoff_ms,
             checkpoint_rows: config.sync.checkpoint_rows,
             checkpoint_secs: config.sync.checkpoint_secs,
         },

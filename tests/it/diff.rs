@@ -329,3 +329,13 @@ fn large_state_is_split_into_buckets_with_the_same_answer() {
     assert_eq!(diff(&old, &new, 1), want);
     assert_eq!(diff(&old, &new, 7), want);
 }
+
+#[test]
+fn nan_among_equal_values_is_read_as_nan() {
+    // Parquet min/max statistics leave NaN out; a reader trusting them as "constant column"
+    // would turn this NaN into 1.5 and send it.
+    let old = vec![row("a@x.se"), row("b@x.se")];
+    let mut new = old.clone();
+    new[1].f = Some(f64::NAN);
+    assert_eq!(diff(&old, &new, 1), [0, 1, 1, 0, 0]);
+}

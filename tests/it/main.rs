@@ -5,3 +5,4 @@ mod common;
 mod diff;
 mod emulator;
 mod state;
+mod sync;

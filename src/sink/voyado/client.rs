@@ -216,7 +216,7 @@ impl Client {
             max_retries: settings.limits.max_retries,
             budget: Duration::from_secs(settings.limits.retry_budget_secs),
             timeout,
-            backoff_base: Duration::from_millis(500),
+            backoff_base: Duration::from_millis(settings.limits.retry_initial_backoff_ms.max(1)),
             seed: AtomicU64::new(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -324,8 +324,10 @@ impl Client {
                     }
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, reason = %why, "retrying");
-                    if retry_after.is_some() || why == "HTTP 429" {
-                        self.pacer.pause(delay).await;
+                    // A server-stated wait applies to every request on this key, not just
+                    // this one; plain backoff stays per request.
+                    if let Some(ra) = retry_after {
+                        self.pacer.pause(ra).await;
                     }
                     tokio::time::sleep(delay).await;
                 }
