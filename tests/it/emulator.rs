@@ -929,6 +929,36 @@ async fn a_lost_answer_applies_the_write_and_cuts_the_connection() {
 }
 
 #[tokio::test]
+async fn a_lost_answer_sends_not_a_single_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (emulator, _api) = start(faulty(Faults {
+        lost_answer_rate: 1.0,
+        ..Faults::default()
+    }))
+    .await;
+    let body = r#"{"email":"raw@example.com"}"#;
+    let request = format!(
+        "POST /api/v3/contacts HTTP/1.1\r\nHost: x\r\nConnection: close\r\napikey: {KEY}\r\nUser-Agent: t/1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut socket = tokio::net::TcpStream::connect(emulator.addr())
+        .await
+        .unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    // Closed (EOF) or reset: either way, nothing of a response arrives.
+    let read = tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut received));
+    assert!(read.await.is_ok(), "the connection must be closed");
+    assert!(
+        received.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    assert_eq!(emulator.find("email", "raw@example.com").len(), 1);
+}
+
+#[tokio::test]
 async fn failed_writes_are_answered_even_with_lost_answers_on() {
     let (_emulator, api) = start(faulty(Faults {
         lost_answer_rate: 1.0,
