@@ -175,3 +175,94 @@ pub async fn run_cli(args: EmulatorArgs) -> Result<u8, Error> {
     );
     Ok(exit::OK)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: EmulatorArgs,
+    }
+
+    #[test]
+    fn every_flag_reaches_the_config() {
+        let w = Wrapper::try_parse_from([
+            "x",
+            "--listen",
+            "127.0.0.1:9999",
+            "--api-key",
+            "k",
+            "--custom-attributes",
+            "a,b",
+            "--mandatory",
+            "firstName",
+            "--contact-type",
+            "Member=mobilePhone",
+            "--contact-type",
+            "Lead=email",
+            "--custom-key",
+            "memberNumber",
+            "--rate-limit",
+            "5",
+            "--retry-after-secs",
+            "2",
+            "--error-rate",
+            "0.15",
+            "--latency-ms",
+            "20",
+            "--lost-answer-rate",
+            "0.05",
+            "--race-create-rate",
+            "0.1",
+            "--delete-on-start",
+            "0.2",
+            "--seed",
+            "77",
+            "--dump-on-exit",
+            "/tmp/d.json",
+        ])
+        .unwrap();
+        let c = w.args.into_config().unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.api_key, ApiKey::new("k"));
+        assert_eq!(c.custom_attributes, ["a", "b"]);
+        assert_eq!(c.mandatory, ["firstName"]);
+        assert_eq!(c.contact_types.len(), 2);
+        assert_eq!(c.contact_types[0].key, "mobilePhone");
+        assert_eq!(c.custom_key, "memberNumber");
+        let f = &c.faults;
+        assert_eq!(
+            f.rate_limit,
+            Some(RateLimit {
+                requests: 5,
+                window: Duration::from_secs(1),
+                retry_after_secs: Some(2)
+            })
+        );
+        assert_eq!(
+            (
+                f.error_rate,
+                f.lost_answer_rate,
+                f.race_create_rate,
+                f.delete_on_start
+            ),
+            (0.15, 0.05, 0.1, 0.2)
+        );
+        assert_eq!(f.latency, Duration::from_millis(20));
+        assert_eq!(f.seed, 77);
+        assert_eq!(c.dump_on_exit, Some(PathBuf::from("/tmp/d.json")));
+    }
+
+    #[test]
+    fn defaults_are_a_plain_member_tenant_without_faults() {
+        let w = Wrapper::try_parse_from(["x", "--api-key", "k"]).unwrap();
+        let c = w.args.into_config().unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.contact_types, EmulatorConfig::new("k").contact_types);
+        assert_eq!(c.faults, Faults::default());
+    }
+}

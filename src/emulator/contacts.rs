@@ -155,18 +155,13 @@ fn race_create(tenant: &mut Tenant, attribute: &str, value: &str, contact_type: 
     tenant.insert(contact);
 }
 
-/// What the client asked of a write, after dropping what Voyado drops.
-struct Cleaned {
-    attributes: Map<String, Value>,
-}
-
 /// Records violations for empty, unknown and read-only attributes, drops the latter two,
 /// and refuses values Engage would refuse.
 fn clean(
     tenant: &mut Tenant,
     endpoint: Endpoint,
     body: Map<String, Value>,
-) -> Result<Cleaned, Reply> {
+) -> Result<Map<String, Value>, Reply> {
     let name = endpoint_name(endpoint);
     let mut attributes = Map::new();
     for (k, v) in body {
@@ -195,7 +190,7 @@ fn clean(
         }
         attributes.insert(k, v);
     }
-    Ok(Cleaned { attributes })
+    Ok(attributes)
 }
 
 fn endpoint_name(endpoint: Endpoint) -> String {
@@ -253,7 +248,7 @@ pub fn create(tenant: &mut Tenant, params: CreateParams, mut body: Map<String, V
         );
     };
     let mut attributes = match clean(tenant, Endpoint::Create, body) {
-        Ok(c) => c.attributes,
+        Ok(attributes) => attributes,
         Err(reply) => return reply,
     };
     attributes.retain(|_, v| !v.is_null());
@@ -319,7 +314,7 @@ pub fn update(tenant: &mut Tenant, id: &str, mut body: Map<String, Value>) -> Re
         );
     }
     let mut attributes = match clean(tenant, Endpoint::Update, body) {
-        Ok(c) => c.attributes,
+        Ok(attributes) => attributes,
         Err(reply) => return reply,
     };
     let key = tenant

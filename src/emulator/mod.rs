@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 pub use cli::{EmulatorArgs, run_cli};
 pub use config::{ApiKey, ContactTypeConfig, EmulatorConfig, Faults, RateLimit};
-pub use faults::{InjectedFaults, SplitMix64};
+pub use faults::InjectedFaults;
 pub use state::{Contact, CreatedBy, Dump, Endpoint, RequestCounts};
 pub use violations::{ViolationKind, ViolationRecord, Violations};
 

@@ -164,6 +164,27 @@ async fn phone_lookup_needs_a_percent_encoded_plus() {
 }
 
 #[tokio::test]
+async fn phone_lookup_ignores_spaces_and_hyphens() {
+    let (_emulator, api) = start(config()).await;
+    let id = api
+        .create_ok(json!({"email": "ph@example.com", "mobilePhone": "+46 70-123 45 67"}))
+        .await;
+    let answer = api.lookup("mobilePhone=%2B46701234567").await;
+    assert_eq!(answer.body, Value::String(id));
+}
+
+#[tokio::test]
+async fn custom_key_can_be_the_member_number() {
+    let mut c = config();
+    c.custom_key = "memberNumber".into();
+    let (_emulator, api) = start(c).await;
+    let created = api.create("", json!({"email": "mn@example.com"})).await;
+    let number = created.body["memberNumber"].as_str().unwrap().to_string();
+    let answer = api.lookup(&format!("customKey={number}")).await;
+    assert_eq!(answer.body, created.body["id"]);
+}
+
+#[tokio::test]
 async fn lookup_with_several_matches_is_409_listing_the_ids() {
     let (_emulator, api) = start(config()).await;
     let a = api
@@ -314,12 +335,17 @@ async fn create_without_a_mandatory_attribute_is_422_naming_it() {
 
 #[tokio::test]
 async fn create_with_an_invalid_value_is_422() {
-    let (emulator, api) = start(config()).await;
+    let mut c = config();
+    c.custom_attributes = vec!["tier".into()];
+    let (emulator, api) = start(c).await;
     for body in [
         json!({"email": "not-an-email"}),
         json!({"email": "h@example.com", "mobilePhone": "0701234567"}),
         json!({"email": "h@example.com", "birthDay": "1990-13-01"}),
         json!({"email": "h@example.com", "gender": "Unknown"}),
+        json!({"email": "h@example.com", "countryCode": "se"}),
+        json!({"email": "h@example.com", "firstName": 7}),
+        json!({"email": "h@example.com", "tier": ["a"]}),
     ] {
         let answer = api.create("", body.clone()).await;
         assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -515,6 +541,9 @@ async fn patch_cannot_clear_or_duplicate_the_key() {
     let taken = api.patch(&id, json!({"email": "Q@example.com"})).await;
     assert_eq!(taken.status, StatusCode::CONFLICT);
     assert_eq!(code(&taken), "ApprovedContactWithKeyExists");
+    let invalid = api.patch(&id, json!({"birthDay": "31/12/1990"})).await;
+    assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(invalid.body["attribute"], "birthDay");
     let moved = api.patch(&id, json!({"email": "p2@example.com"})).await;
     assert_eq!(moved.status, StatusCode::OK);
     assert_eq!(emulator.find("email", "p2@example.com").len(), 1);
@@ -753,6 +782,12 @@ async fn seed_contacts_are_served_and_bad_seeds_refuse_to_start() {
     let mut bad = config();
     bad.seed_contacts = vec![object(json!({"email": "a@example.com", "nope": 1}))];
     assert!(Emulator::start(bad).await.is_err());
+    let mut duplicate = config();
+    duplicate.seed_contacts = vec![
+        object(json!({"email": "a@example.com"})),
+        object(json!({"email": "A@example.com"})),
+    ];
+    assert!(Emulator::start(duplicate).await.is_err());
     let mut no_key = config();
     no_key.seed_contacts = vec![object(json!({"firstName": "Nokey"}))];
     assert!(Emulator::start(no_key).await.is_err());
@@ -926,6 +961,36 @@ async fn a_lost_answer_applies_the_write_and_cuts_the_connection() {
     assert_eq!(r.count(Endpoint::Create, 0), 1);
     assert_eq!(r.count(Endpoint::Update, 0), 1);
     assert_eq!(emulator.injected_faults().lost_answers, 2);
+}
+
+#[tokio::test]
+async fn a_lost_answer_sends_not_a_single_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (emulator, _api) = start(faulty(Faults {
+        lost_answer_rate: 1.0,
+        ..Faults::default()
+    }))
+    .await;
+    let body = r#"{"email":"raw@example.com"}"#;
+    let request = format!(
+        "POST /api/v3/contacts HTTP/1.1\r\nHost: x\r\nConnection: close\r\napikey: {KEY}\r\nUser-Agent: t/1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut socket = tokio::net::TcpStream::connect(emulator.addr())
+        .await
+        .unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    // Closed (EOF) or reset: either way, nothing of a response arrives.
+    let read = tokio::time::timeout(Duration::from_secs(30), socket.read_to_end(&mut received));
+    assert!(read.await.is_ok(), "the connection must be closed");
+    assert!(
+        received.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    assert_eq!(emulator.find("email", "raw@example.com").len(), 1);
 }
 
 #[tokio::test]
