@@ -72,6 +72,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sync the bundled sample twice against the built-in Voyado emulator.
+    Demo {
+        /// Keep the demo's files (config, state, reports) in this folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Forget the snapshot so the next run sends every row.
     Reset {
         #[command(flatten)]

@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod diff;
 pub mod emulator;
 pub mod error;

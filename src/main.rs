@@ -82,6 +82,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             }
             Ok(exit::OK)
         }
+        Command::Demo { dir } => voyado_sync::demo::demo(dir.as_deref()).await,
         Command::Reset { config } => {
             let existed = commands::reset(&config.config).await?;
             if existed {
