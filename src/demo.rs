@@ -9,15 +9,36 @@ use crate::error::{Error, Result, exit};
 use crate::runner::{RunOptions, run};
 
 const V1: [(&str, &[u8]); 3] = [
-    ("customers.parquet", include_bytes!("../sample_data/v1/customers.parquet")),
-    ("orders/part-0.parquet", include_bytes!("../sample_data/v1/orders/part-0.parquet")),
-    ("orders/part-1.parquet", include_bytes!("../sample_data/v1/orders/part-1.parquet")),
+    (
+        "customers.parquet",
+        include_bytes!("../sample_data/v1/customers.parquet"),
+    ),
+    (
+        "orders/part-0.parquet",
+        include_bytes!("../sample_data/v1/orders/part-0.parquet"),
+    ),
+    (
+        "orders/part-1.parquet",
+        include_bytes!("../sample_data/v1/orders/part-1.parquet"),
+    ),
 ];
 const V2: [(&str, &[u8]); 4] = [
-    ("customers.parquet", include_bytes!("../sample_data/v2/customers.parquet")),
-    ("orders/part-0.parquet", include_bytes!("../sample_data/v2/orders/part-0.parquet")),
-    ("orders/part-1.parquet", include_bytes!("../sample_data/v2/orders/part-1.parquet")),
-    ("orders/part-2.parquet", include_bytes!("../sample_data/v2/orders/part-2.parquet")),
+    (
+        "customers.parquet",
+        include_bytes!("../sample_data/v2/customers.parquet"),
+    ),
+    (
+        "orders/part-0.parquet",
+        include_bytes!("../sample_data/v2/orders/part-0.parquet"),
+    ),
+    (
+        "orders/part-1.parquet",
+        include_bytes!("../sample_data/v2/orders/part-1.parquet"),
+    ),
+    (
+        "orders/part-2.parquet",
+        include_bytes!("../sample_data/v2/orders/part-2.parquet"),
+    ),
 ];
 const MODEL: &str = include_str!("../queries/customer_attributes.sql");
 const CUSTOM: [&str; 5] = [
@@ -107,7 +128,10 @@ pub async fn demo(dir: Option<&Path>) -> Result<u8> {
     let emulator = Emulator::start(ec)
         .await
         .map_err(|e| Error::Internal(format!("demo emulator: {e}")))?;
-    println!("Voyado Engage emulator listening on {}", emulator.base_url());
+    println!(
+        "Voyado Engage emulator listening on {}",
+        emulator.base_url()
+    );
     std::fs::write(dir.join("api-key.txt"), DEMO_KEY).map_err(|e| io("writing the key file", e))?;
     std::fs::write(dir.join("customer_attributes.sql"), MODEL)
         .map_err(|e| io("writing the model", e))?;
@@ -116,7 +140,10 @@ pub async fn demo(dir: Option<&Path>) -> Result<u8> {
     println!("sync folder: {}\n", dir.display());
 
     let steps: [(&str, &[(&str, &[u8])]); 3] = [
-        ("1. Full sync of day 1's extract: every valid customer is created", &V1),
+        (
+            "1. Full sync of day 1's extract: every valid customer is created",
+            &V1,
+        ),
         ("2. Day 2's extract lands: only what changed is sent", &V2),
         ("3. Nothing changed since: nothing is sent", &V2),
     ];
@@ -135,14 +162,19 @@ pub async fn demo(dir: Option<&Path>) -> Result<u8> {
             delta(Endpoint::Create),
             delta(Endpoint::Update),
             emulator.contacts().len(),
-            emulator.violations().0.values().map(|v| v.count).sum::<u64>()
+            emulator
+                .violations()
+                .0
+                .values()
+                .map(|v| v.count)
+                .sum::<u64>()
         );
         worst = worst.max(result.exit_code);
     }
-    let sample = emulator
-        .contacts()
-        .into_iter()
-        .find(|c| c.str("email").is_some_and(|e| e.starts_with("new.customer")));
+    let sample = emulator.contacts().into_iter().find(|c| {
+        c.str("email")
+            .is_some_and(|e| e.starts_with("new.customer"))
+    });
     if let Some(c) = sample {
         println!(
             "One contact as Voyado holds it:\n{}",

@@ -34,7 +34,7 @@ pub struct Report {
 /// A sortable, unique run id: UTC start time plus a random suffix.
 pub fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &suffix[..8])
+    format!("{}-{}", now.format("%Y%m%dT%H%M%S%3fZ"), &suffix[..8])
 }
 
 impl Report {

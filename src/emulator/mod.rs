@@ -4,7 +4,7 @@
 //! It answers as Engage does, including the unpleasant parts (500 for a missing
 //! Content-Type, unknown attributes silently dropped, `""` and `null` overwriting), records
 //! every request and every protocol mistake ([`ViolationKind`]), and injects faults on
-//! demand from a seed ([`Faults`]). Start it with [`Emulator::start`]; see `docs/emulator.md`.
+//! demand from a seed ([`Faults`]). Start it with [`Emulator::start`]; see the README's emulator section.
 
 mod attributes;
 mod cli;

@@ -232,6 +232,15 @@ impl State {
                 Err(e) => tracing::warn!(report = %p, error = %e, "skipping an unreadable report"),
             }
         }
+        out.sort_by(|a: &serde_json::Value, b: &serde_json::Value| {
+            let key = |v: &serde_json::Value| {
+                (
+                    v["started_at"].as_str().unwrap_or_default().to_string(),
+                    v["run_id"].as_str().unwrap_or_default().to_string(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
         Ok(out)
     }
 

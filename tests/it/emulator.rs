@@ -1,4 +1,4 @@
-//! The emulator's own tests: every row of its behaviour table (docs/emulator.md), every
+//! The emulator's own tests: every row of its behaviour table (in the README), every
 //! violation kind, every fault, the admin endpoint and the command line, over real HTTP.
 
 use std::time::{Duration, Instant};

@@ -506,3 +506,88 @@ async fn warnings_exit_3_after_committing_and_guards_exit_5_before_sending() {
     assert_eq!(emu.contacts().len(), 10);
     assert_no_violations(&emu);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_contact_id_updates_directly_and_a_known_contact_id_column_skips_lookups() {
+    let mut c = emulator_config();
+    c.seed_contacts = vec![
+        serde_json::from_value(json!({"id": "11111111-aaaa", "email": "a@x.se"})).unwrap(),
+        serde_json::from_value(json!({"id": "22222222-bbbb", "email": "b@x.se"})).unwrap(),
+    ];
+    let emu = Emulator::start(c).await.unwrap();
+    // key contactId: the identifier is the contact id
+    let s = sync_for(
+        &emu,
+        "contactId",
+        "update",
+        "[warnings]\nmax_rejected_percent = 100\n",
+    );
+    s.land(&batch(&[row("11111111-aaaa", 1), row("99999999-dead", 2)]));
+    let out = run(&s, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(outcomes(&parse(&out)), [0, 1, 0, 1, 0, 0]);
+    assert_eq!(
+        emu.requests().endpoint(Endpoint::Lookup),
+        1,
+        "only the probe"
+    );
+    assert_eq!(emu.contact("11111111-aaaa").unwrap().attributes["i"], 1);
+
+    // email key with a contact_id_column: rows carrying an id need no lookup
+    let s = Sync::new();
+    s.write_config(
+        "SELECT *, CASE WHEN id = 'b@x.se' THEN '22222222-bbbb' END AS voyado_id FROM t",
+        "id",
+        "email",
+        "upsert",
+        &format!("{MAPPING}\n"),
+    );
+    let text = std::fs::read_to_string(s.config()).unwrap();
+    let text = text.replace("http://127.0.0.1:9", &emu.base_url()).replace(
+        "key = \"email\"",
+        "key = \"email\"\ncontact_id_column = \"voyado_id\"",
+    );
+    std::fs::write(s.config(), text).unwrap();
+    s.land(&batch(&[row("b@x.se", 7), row("c@x.se", 8)]));
+    let lookups = emu.requests().endpoint(Endpoint::Lookup);
+    let out = run(&s, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(outcomes(&parse(&out)), [1, 1, 0, 0, 0, 0]);
+    // probe + c's lookup; b went straight to its PATCH
+    assert_eq!(emu.requests().endpoint(Endpoint::Lookup), lookups + 2);
+    assert_eq!(emu.contact("22222222-bbbb").unwrap().attributes["i"], 7);
+    assert_no_violations(&emu);
+}
+
+#[test]
+fn demo_shows_a_full_then_an_incremental_then_an_empty_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(&["-q", "demo", "--dir", dir.path().to_str().unwrap()], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let o = &out.stdout;
+    assert!(
+        o.contains("outcomes: created 36, updated 0, skipped 0, not_found 0, rejected 0, failed 0"),
+        "{o}"
+    );
+    assert!(
+        o.contains("outcomes: created 5, updated 6, skipped 1, not_found 0, rejected 0, failed 0"),
+        "{o}"
+    );
+    assert!(o.contains("Voyado saw: 0 lookups (the API key probe included), 0 creates, 0 updates; it now holds 41 contacts; protocol violations: 0"), "{o}");
+    assert_eq!(o.matches("protocol violations: 0").count(), 3);
+    // history lists the three runs from the stored reports
+    let h = cli(
+        &[
+            "history",
+            "--json",
+            "-c",
+            dir.path().join("voyado-sync.toml").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(h.code, 0, "{}", h.stderr);
+    let runs: Vec<Value> = serde_json::from_str(h.stdout.trim()).unwrap();
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[1]["outcomes"]["created"], 5);
+    assert_eq!(runs[2]["counts"]["unchanged"], 38);
+}
