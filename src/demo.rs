@@ -8,6 +8,9 @@ use crate::emulator::{Emulator, EmulatorConfig, Endpoint};
 use crate::error::{Error, Result, exit};
 use crate::runner::{RunOptions, run};
 
+/// (path in the landing folder, file contents)
+type Extract = [(&'static str, &'static [u8])];
+
 const V1: [(&str, &[u8]); 3] = [
     (
         "customers.parquet",
@@ -55,7 +58,7 @@ fn io(what: &str, e: std::io::Error) -> Error {
 }
 
 /// Replaces the landing folder's extract with one version of the sample.
-fn land(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
+fn land(dir: &Path, files: &Extract) -> Result<()> {
     let landing = dir.join("landing");
     if landing.exists() {
         std::fs::remove_dir_all(&landing).map_err(|e| io("clearing the landing folder", e))?;
@@ -139,7 +142,7 @@ pub async fn demo(dir: Option<&Path>) -> Result<u8> {
     std::fs::write(&cfg, config(&emulator.base_url())).map_err(|e| io("writing the config", e))?;
     println!("sync folder: {}\n", dir.display());
 
-    let steps: [(&str, &[(&str, &[u8])]); 3] = [
+    let steps: [(&str, &Extract); 3] = [
         (
             "1. Full sync of day 1's extract: every valid customer is created",
             &V1,
