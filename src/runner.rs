@@ -268,144 +268,153 @@ async fn send(
     let rejected_rel = format!("reports/{}.rejected.parquet", p.run_id);
     let mut progress = Progress::new(total, options.progress);
 
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(df_err("reading the staged change set"))?;
-        let kinds = strings(&batch, KIND)?;
-        let ids = strings(&batch, state::IDENTIFIER)?;
-        let prev_status = strings(&batch, PREV_STATUS)?;
-        let contact_ids = strings(&batch, state::CONTACT_ID)?;
-        let known_ids = strings(&batch, KNOWN_CONTACT_ID)?;
-        let changed_cols = strings(&batch, CHANGED_COLUMNS)?;
-        let encoders = attrs
-            .iter()
-            .map(|a| {
-                let col = batch.column_by_name(a).ok_or_else(|| {
-                    Error::Internal(format!("staged change set has no column {a}"))
-                })?;
-                ColumnEncoder::new(col).map(|e| (a.clone(), e))
-            })
-            .collect::<Result<Vec<_>>>()?;
-
-        let mut results: Vec<(usize, Outcome)> = Vec::new();
-        let mut jobs = Vec::new();
-        for i in 0..batch.num_rows() {
-            let kind = kinds.value(i);
-            if kind == DELETED {
-                results.push((i, Outcome::Deleted));
-                continue;
-            }
-            if kind != NEW && kind != CHANGED {
-                continue;
-            }
-            let prev = opt(&prev_status, i);
-            let as_new =
-                kind == NEW || matches!(prev.as_deref(), Some(state::NOT_FOUND | state::REJECTED));
-            let full: Vec<(String, String)> = encoders
+    // Rows go out in chunks no larger than a checkpoint, so a checkpoint never waits for a
+    // whole (possibly huge) staged batch.
+    let chunk = (s.limits.checkpoint_rows as usize).clamp(s.limits.concurrency as usize * 2, 2048);
+    while let Some(whole) = stream.next().await {
+        let whole = whole.map_err(df_err("reading the staged change set"))?;
+        let mut offset = 0;
+        while offset < whole.num_rows() {
+            let len = chunk.min(whole.num_rows() - offset);
+            let batch = whole.slice(offset, len);
+            offset += len;
+            let kinds = strings(&batch, KIND)?;
+            let ids = strings(&batch, state::IDENTIFIER)?;
+            let prev_status = strings(&batch, PREV_STATUS)?;
+            let contact_ids = strings(&batch, state::CONTACT_ID)?;
+            let known_ids = strings(&batch, KNOWN_CONTACT_ID)?;
+            let changed_cols = strings(&batch, CHANGED_COLUMNS)?;
+            let encoders = attrs
                 .iter()
-                .filter_map(|(a, e)| e.json(i).map(|v| (a.clone(), v)))
-                .collect();
-            let changed: Vec<(String, String)> = if as_new {
-                Vec::new()
-            } else {
-                let names: Vec<String> = opt(&changed_cols, i)
-                    .map(|c| c.split(',').map(str::to_string).collect())
-                    .unwrap_or_default();
-                full.iter()
-                    .filter(|(a, _)| names.contains(a))
-                    .cloned()
-                    .collect()
-            };
-            let contact_id = opt(&known_ids, i).or_else(|| opt(&contact_ids, i));
-            jobs.push((
-                i,
-                Job {
-                    identifier: ids.value(i).to_string(),
-                    as_new,
-                    contact_id,
-                    full,
-                    changed,
-                },
-            ));
-        }
-        let planner = &planner;
-        let done: Vec<(usize, Outcome)> = futures::stream::iter(jobs)
-            .map(|(i, job)| async move {
-                let o = planner.process(&job).await;
-                (i, job.identifier, o)
-            })
-            .buffer_unordered(s.limits.concurrency as usize)
-            .map(|(i, identifier, o)| {
-                match &o {
-                    Outcome::Rejected(r) => {
-                        tracing::error!(identifier = %identifier, reason = %r, "row rejected")
-                    }
-                    Outcome::Failed(r) => {
-                        tracing::error!(identifier = %identifier, reason = %r, "row failed")
-                    }
-                    _ => {}
-                }
-                (i, o)
-            })
-            .collect()
-            .await;
+                .map(|a| {
+                    let col = batch.column_by_name(a).ok_or_else(|| {
+                        Error::Internal(format!("staged change set has no column {a}"))
+                    })?;
+                    ColumnEncoder::new(col).map(|e| (a.clone(), e))
+                })
+                .collect::<Result<Vec<_>>>()?;
 
-        let mut rejected_ids = Vec::new();
-        let mut rejected_reasons = Vec::new();
-        for (i, o) in &done {
-            outcomes.add(o);
-            let (kind, reason) = match o {
-                Outcome::Rejected(r) => ("rejected", r),
-                Outcome::Failed(r) => ("failed", r),
-                _ => continue,
-            };
-            let list = samples.entry(kind.to_string()).or_default();
-            if list.len() < 5 {
-                list.push(Sample {
-                    identifier: Some(ids.value(*i).to_string()),
-                    reason: Some(reason.clone()),
-                });
+            let mut results: Vec<(usize, Outcome)> = Vec::new();
+            let mut jobs = Vec::new();
+            for i in 0..batch.num_rows() {
+                let kind = kinds.value(i);
+                if kind == DELETED {
+                    results.push((i, Outcome::Deleted));
+                    continue;
+                }
+                if kind != NEW && kind != CHANGED {
+                    continue;
+                }
+                let prev = opt(&prev_status, i);
+                let as_new = kind == NEW
+                    || matches!(prev.as_deref(), Some(state::NOT_FOUND | state::REJECTED));
+                let full: Vec<(String, String)> = encoders
+                    .iter()
+                    .filter_map(|(a, e)| e.json(i).map(|v| (a.clone(), v)))
+                    .collect();
+                let changed: Vec<(String, String)> = if as_new {
+                    Vec::new()
+                } else {
+                    let names: Vec<String> = opt(&changed_cols, i)
+                        .map(|c| c.split(',').map(str::to_string).collect())
+                        .unwrap_or_default();
+                    full.iter()
+                        .filter(|(a, _)| names.contains(a))
+                        .cloned()
+                        .collect()
+                };
+                let contact_id = opt(&known_ids, i).or_else(|| opt(&contact_ids, i));
+                jobs.push((
+                    i,
+                    Job {
+                        identifier: ids.value(i).to_string(),
+                        as_new,
+                        contact_id,
+                        full,
+                        changed,
+                    },
+                ));
             }
-            if kind == "rejected" {
-                rejected_ids.push(ids.value(*i).to_string());
-                rejected_reasons.push(reason.clone());
+            let planner = &planner;
+            let done: Vec<(usize, Outcome)> = futures::stream::iter(jobs)
+                .map(|(i, job)| async move {
+                    let o = planner.process(&job).await;
+                    (i, job.identifier, o)
+                })
+                .buffer_unordered(s.limits.concurrency as usize)
+                .map(|(i, identifier, o)| {
+                    match &o {
+                        Outcome::Rejected(r) => {
+                            tracing::error!(identifier = %identifier, reason = %r, "row rejected")
+                        }
+                        Outcome::Failed(r) => {
+                            tracing::error!(identifier = %identifier, reason = %r, "row failed")
+                        }
+                        _ => {}
+                    }
+                    (i, o)
+                })
+                .collect()
+                .await;
+
+            let mut rejected_ids = Vec::new();
+            let mut rejected_reasons = Vec::new();
+            for (i, o) in &done {
+                outcomes.add(o);
+                let (kind, reason) = match o {
+                    Outcome::Rejected(r) => ("rejected", r),
+                    Outcome::Failed(r) => ("failed", r),
+                    _ => continue,
+                };
+                let list = samples.entry(kind.to_string()).or_default();
+                if list.len() < 5 {
+                    list.push(Sample {
+                        identifier: Some(ids.value(*i).to_string()),
+                        reason: Some(reason.clone()),
+                    });
+                }
+                if kind == "rejected" {
+                    rejected_ids.push(ids.value(*i).to_string());
+                    rejected_reasons.push(reason.clone());
+                }
             }
-        }
-        progress.advance(done.len() as u64);
-        results.extend(done);
-        if !rejected_ids.is_empty() {
-            let b = RecordBatch::try_new(
-                Arc::new(Schema::new(vec![
-                    Field::new("identifier", DataType::Utf8, false),
-                    Field::new("reason", DataType::Utf8, false),
-                ])),
-                vec![
-                    Arc::new(StringArray::from(rejected_ids)),
-                    Arc::new(StringArray::from(rejected_reasons)),
-                ],
-            )
-            .map_err(|e| Error::Internal(format!("rejected rows: {e}")))?;
-            if rejected_writer.is_none() {
-                let (store, path) = p.state.object(&rejected_rel);
-                rejected_writer = Some(
-                    AsyncArrowWriter::try_new(BufWriter::new(store, path), b.schema(), None)
-                        .map_err(|e| Error::Storage(format!("state: {rejected_rel}: {e}")))?,
-                );
+            progress.advance(done.len() as u64);
+            results.extend(done);
+            if !rejected_ids.is_empty() {
+                let b = RecordBatch::try_new(
+                    Arc::new(Schema::new(vec![
+                        Field::new("identifier", DataType::Utf8, false),
+                        Field::new("reason", DataType::Utf8, false),
+                    ])),
+                    vec![
+                        Arc::new(StringArray::from(rejected_ids)),
+                        Arc::new(StringArray::from(rejected_reasons)),
+                    ],
+                )
+                .map_err(|e| Error::Internal(format!("rejected rows: {e}")))?;
+                if rejected_writer.is_none() {
+                    let (store, path) = p.state.object(&rejected_rel);
+                    rejected_writer = Some(
+                        AsyncArrowWriter::try_new(BufWriter::new(store, path), b.schema(), None)
+                            .map_err(|e| Error::Storage(format!("state: {rejected_rel}: {e}")))?,
+                    );
+                }
+                if let Some(w) = rejected_writer.as_mut() {
+                    w.write(&b)
+                        .await
+                        .map_err(|e| Error::Storage(format!("state: {rejected_rel}: {e}")))?;
+                }
             }
-            if let Some(w) = rejected_writer.as_mut() {
-                w.write(&b)
-                    .await
-                    .map_err(|e| Error::Storage(format!("state: {rejected_rel}: {e}")))?;
+            if let Some(delta) = delta_batch(&batch, &results, &attrs)? {
+                pending_rows += delta.num_rows() as u64;
+                pending.push(delta);
             }
-        }
-        if let Some(delta) = delta_batch(&batch, &results, &attrs)? {
-            pending_rows += delta.num_rows() as u64;
-            pending.push(delta);
-        }
-        if pending_rows >= s.limits.checkpoint_rows
-            || last_checkpoint.elapsed() >= Duration::from_secs(s.limits.checkpoint_secs)
-        {
-            checkpoint(p, m, &mut pending, &mut pending_rows).await?;
-            last_checkpoint = Instant::now();
+            if pending_rows >= s.limits.checkpoint_rows
+                || last_checkpoint.elapsed() >= Duration::from_secs(s.limits.checkpoint_secs)
+            {
+                checkpoint(p, m, &mut pending, &mut pending_rows).await?;
+                last_checkpoint = Instant::now();
+            }
         }
     }
     checkpoint(p, m, &mut pending, &mut pending_rows).await?;

@@ -63,9 +63,9 @@ pub async fn stage(
             .clone()
             .execute_stream()
             .await
-            .map_err(|e| Error::Input(df_message("change detection", &e)))?;
+            .map_err(|e| Error::Input(df_message("running the model", &e)))?;
         while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| Error::Input(df_message("change detection", &e)))?;
+            let batch = batch.map_err(|e| Error::Input(df_message("running the model", &e)))?;
             let kinds = tally.add(&batch)?;
             let keep: BooleanArray = kinds
                 .iter()

@@ -87,6 +87,7 @@ impl State {
                 })?;
                 let dir = dir.canonicalize().unwrap_or(dir);
                 let dir = std::path::absolute(&dir).unwrap_or(dir);
+                check_private(&dir)?;
                 let prefix = ObjPath::from_absolute_path(&dir)
                     .map_err(|e| storage(&dir.display().to_string(), &e))?;
                 let url = url::Url::from_directory_path(&dir).map_err(|_| {
@@ -312,9 +313,16 @@ impl State {
         let Some(deltas) = deltas else {
             return Ok(base);
         };
-        ctx.register_table("__vs_state_base", base.into_view())
+        // Unique names: a run loads the state twice (diff, then compaction) in one session.
+        static LOADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (base_name, delta_name) = (
+            format!("__vs_state_base_{n}"),
+            format!("__vs_state_deltas_{n}"),
+        );
+        ctx.register_table(base_name.as_str(), base.into_view())
             .map_err(fail)?;
-        ctx.register_table("__vs_state_deltas", deltas.into_view())
+        ctx.register_table(delta_name.as_str(), deltas.into_view())
             .map_err(fail)?;
         let cols = names
             .iter()
@@ -322,12 +330,12 @@ impl State {
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "SELECT {cols} FROM __vs_state_base \
-               WHERE {id} NOT IN (SELECT {id} FROM __vs_state_deltas) \
+            "SELECT {cols} FROM {base_name} \
+               WHERE {id} NOT IN (SELECT {id} FROM {delta_name}) \
              UNION ALL \
              SELECT {cols} FROM ( \
                SELECT *, row_number() OVER (PARTITION BY {id} ORDER BY {seq} DESC) AS __rn \
-               FROM __vs_state_deltas) \
+               FROM {delta_name}) \
              WHERE __rn = 1 AND {op} = 'upsert'",
             id = quote(IDENTIFIER),
             seq = quote(SEQ),
@@ -424,7 +432,8 @@ impl State {
     /// harmless, since readers only follow the manifest).
     async fn collect_garbage(&self, m: &Manifest) {
         let keep: Vec<String> = m.snapshot.iter().chain(&m.deltas).cloned().collect();
-        for dir in ["snapshots", "deltas"] {
+        // Staged change sets of runs that died are useless once a commit happened.
+        for dir in ["snapshots", "deltas", "staged"] {
             self.remove_unlisted(dir, &keep).await;
         }
     }
@@ -498,6 +507,30 @@ fn empty_frame(ctx: &SessionContext, target: &[Field]) -> datafusion::error::Res
     ctx.read_batch(datafusion::arrow::record_batch::RecordBatch::new_empty(
         schema,
     ))
+}
+
+/// The state holds personal data (identifiers, attribute values): refuse a folder other
+/// users can read, rather than spread it further.
+#[cfg(unix)]
+fn check_private(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::config(format!(
+            "[sync] state: {} is open to other users (mode {mode:o}) but holds personal data; run `chmod 700 {}`",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_dir: &std::path::Path) -> Result<()> {
+    Ok(())
 }
 
 #[cfg(unix)]

@@ -4,5 +4,7 @@ mod cli;
 mod common;
 mod diff;
 mod emulator;
+mod input;
+mod reliability;
 mod state;
 mod sync;

@@ -166,7 +166,10 @@ fn parse_id(body: &str) -> Option<String> {
             .and_then(|v| v.as_str())?
             .to_string(),
         Ok(_) => return None,
-        Err(_) => t.trim_matches('"').to_string(),
+        // Some clients see the id unquoted; anything else that is not JSON (a truncated
+        // string, an HTML page) is not an id.
+        Err(_) if !t.contains(['"', '<', '{', '[', ' ']) => t.to_string(),
+        Err(_) => return None,
     };
     let id = id.trim().to_string();
     let plausible = !id.is_empty()
@@ -308,6 +311,13 @@ impl Client {
                         "connection"
                     };
                     self.record(ep, what);
+                    // A certificate the host cannot prove will not get better on retry.
+                    if is_certificate_error(&e) {
+                        return Sent::Failed(format!(
+                            "TLS certificate rejected: {} (verification is never disabled)",
+                            short_error(&e)
+                        ));
+                    }
                     (
                         classify_transport(e.is_connect(), idempotent),
                         None,
@@ -367,7 +377,7 @@ impl Client {
                 reason(&a)
             ))),
             Sent::Unknown(r) | Sent::Failed(r) => Err(Error::Destination(format!(
-                "Voyado is unreachable at {}: {r}",
+                "Voyado cannot be used at {}: {r}",
                 self.base
             ))),
         }
@@ -448,6 +458,18 @@ impl Client {
     }
 }
 
+fn is_certificate_error(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string().to_ascii_lowercase();
+        if text.contains("certificate") || text.contains("unknownissuer") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// A transport error in one line, without the URL (which carries identifiers).
 fn short_error(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
@@ -491,6 +513,8 @@ mod tests {
         assert_eq!(parse_id("<html>oops</html>"), None);
         assert_eq!(parse_id(""), None);
         assert_eq!(parse_id("{\"name\": 1}"), None);
+        assert_eq!(parse_id("\"2e40b7"), None, "truncated JSON is not an id");
+        assert_eq!(parse_id("{\"id\": \"2e40"), None);
     }
 
     #[test]

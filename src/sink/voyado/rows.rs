@@ -128,25 +128,31 @@ impl Planner<'_> {
                     Lookup::Failed(r) => return Outcome::Failed(r),
                 },
                 // The create may have been applied: look before trying again.
-                unknown @ (Create::Unknown(_) | Create::Created(None)) => {
-                    let why = match unknown {
-                        Create::Unknown(r) => r,
-                        _ => "create answered without an id".to_string(),
+                // Created, but the answer carries no id: find it, never create again.
+                Create::Created(None) => {
+                    return match self.client.lookup(&job.identifier).await {
+                        Lookup::Found(id) => Outcome::Created(id),
+                        Lookup::NotFound => Outcome::Failed(
+                            "create answered 2xx without an id, and a lookup cannot find the contact".to_string(),
+                        ),
+                        Lookup::Rejected(r) => Outcome::Rejected(r),
+                        Lookup::Failed(r) => Outcome::Failed(r),
                     };
-                    match self.client.lookup(&job.identifier).await {
-                        Lookup::Found(id) => {
-                            return match self.update_full(job, id).await {
-                                Outcome::Updated(id) | Outcome::Skipped(Some(id)) => {
-                                    Outcome::Created(id)
-                                }
-                                other => other,
-                            };
-                        }
-                        Lookup::NotFound => last = format!("create outcome unknown ({why})"),
-                        Lookup::Rejected(r) => return Outcome::Rejected(r),
-                        Lookup::Failed(r) => return Outcome::Failed(r),
-                    }
                 }
+                // The create may have been applied: look before trying again.
+                Create::Unknown(why) => match self.client.lookup(&job.identifier).await {
+                    Lookup::Found(id) => {
+                        return match self.update_full(job, id).await {
+                            Outcome::Updated(id) | Outcome::Skipped(Some(id)) => {
+                                Outcome::Created(id)
+                            }
+                            other => other,
+                        };
+                    }
+                    Lookup::NotFound => last = format!("create outcome unknown ({why})"),
+                    Lookup::Rejected(r) => return Outcome::Rejected(r),
+                    Lookup::Failed(r) => return Outcome::Failed(r),
+                },
             }
         }
         Outcome::Failed(format!("could not create the contact: {last}"))
