@@ -47,6 +47,10 @@ pub enum Command {
         /// Print exactly one JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// Only run the model and discard its output, printing its row count and time
+        /// (the benchmark's floor).
+        #[arg(long)]
+        model_only: bool,
     },
     /// Adopt the model's current output as the snapshot without sending anything.
     Baseline {

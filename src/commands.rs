@@ -143,6 +143,24 @@ pub async fn plan(config_path: &Path) -> Result<Report> {
     Ok(p.report("plan", summary))
 }
 
+/// Runs the model alone and discards its output: the floor any change detection is
+/// measured against. Returns (rows, milliseconds).
+pub async fn model_only(config_path: &Path) -> Result<(u64, u64)> {
+    let p = prepare(config_path, false).await?;
+    let df = crate::model::plan(&p.ctx, &p.settings).await?;
+    let mut stream = df
+        .execute_stream()
+        .await
+        .map_err(|e| Error::Input(df_message("running the model", &e)))?;
+    let mut rows = 0u64;
+    while let Some(b) = futures::StreamExt::next(&mut stream).await {
+        rows += b
+            .map_err(|e| Error::Input(df_message("running the model", &e)))?
+            .num_rows() as u64;
+    }
+    Ok((rows, p.clock.elapsed().as_millis() as u64))
+}
+
 /// Adopts the model's current valid rows as the snapshot (status delivered), for a
 /// destination that already holds the data. Known contactIds are kept.
 pub async fn baseline(config_path: &Path) -> Result<Report> {

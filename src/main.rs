@@ -47,7 +47,16 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             );
             Ok(exit::OK)
         }
-        Command::Plan { config, json } => {
+        Command::Plan {
+            config,
+            model_only: true,
+            ..
+        } => {
+            let (rows, ms) = commands::model_only(&config.config).await?;
+            println!("{{\"model_rows\": {rows}, \"duration_ms\": {ms}}}");
+            Ok(exit::OK)
+        }
+        Command::Plan { config, json, .. } => {
             let report = commands::plan(&config.config).await?;
             emit(&report, json)
         }
