@@ -316,7 +316,9 @@ fn a_corrupt_manifest_is_a_storage_error_naming_it() {
 }
 
 fn write_lock(s: &Sync, pid: u32, host: &str, at: &str) {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(s.state_dir()).unwrap();
+    std::fs::set_permissions(s.state_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let lock = serde_json::json!({
         "run_id": "other-run", "command": "run", "pid": pid, "host": host, "acquired_at": at
     });
