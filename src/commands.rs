@@ -254,7 +254,7 @@ pub async fn stage(config_path: &Path) -> Result<(Report, diff::stage::Staged, S
 
 /// Forgets the snapshot so the next run is a full sync.
 pub async fn reset(config_path: &Path) -> Result<bool> {
-    let p = prepare_state_only(config_path).await?;
+    let p = prepare_state_only(config_path, true).await?;
     let lock = p
         .state
         .lock(&p.run_id, "reset", p.settings.lock_stale_secs)
@@ -266,12 +266,13 @@ pub async fn reset(config_path: &Path) -> Result<bool> {
     Ok(existed)
 }
 
-/// Like `prepare`, without reading the sources (reset must work when they are gone).
-async fn prepare_state_only(config_path: &Path) -> Result<Prepared> {
+/// Like `prepare`, without reading the sources (reset and history must work when they are
+/// gone).
+async fn prepare_state_only(config_path: &Path, create_state: bool) -> Result<Prepared> {
     let started = chrono::Utc::now();
     let settings = config::load(config_path)?;
     let ctx = crate::catalog::session(&settings)?;
-    let state = State::open(&ctx, &settings, true)?;
+    let state = State::open(&ctx, &settings, create_state)?;
     Ok(Prepared {
         settings,
         ctx,
@@ -300,7 +301,7 @@ pub(crate) async fn store_report(p: &Prepared, report: &Report) {
 
 /// Past runs' reports, oldest first.
 pub async fn history(config_path: &Path) -> Result<Vec<serde_json::Value>> {
-    let p = prepare_state_only_readonly(config_path).await?;
+    let p = prepare_state_only(config_path, false).await?;
     p.state.reports().await
 }
 
@@ -329,19 +330,4 @@ pub fn history_line(r: &serde_json::Value) -> String {
         line.push_str(&format!(" | {} warning(s)", w.len()));
     }
     line
-}
-
-async fn prepare_state_only_readonly(config_path: &Path) -> Result<Prepared> {
-    let started = chrono::Utc::now();
-    let settings = config::load(config_path)?;
-    let ctx = crate::catalog::session(&settings)?;
-    let state = State::open(&ctx, &settings, false)?;
-    Ok(Prepared {
-        settings,
-        ctx,
-        state,
-        run_id: new_run_id(started),
-        started,
-        clock: Instant::now(),
-    })
 }

@@ -281,7 +281,8 @@ proptest! {
     }
 }
 
-fn row(id: &str) -> Row {
+/// A row with every column set (`i` chosen by the caller).
+pub fn row_i(id: &str, i: i64) -> Row {
     Row {
         id: Some(id.to_string()),
         s: Some("Ada".into()),
@@ -289,9 +290,13 @@ fn row(id: &str) -> Row {
         d: Some(1250),
         dt: Some(19000),
         ts: Some(1_700_000_000_000_000),
-        i: Some(7),
+        i: Some(i),
         f: Some(1.5),
     }
+}
+
+fn row(id: &str) -> Row {
+    row_i(id, 7)
 }
 
 #[test]

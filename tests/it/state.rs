@@ -10,18 +10,7 @@ use voyado_sync::{commands, config, state::State};
 use crate::common::{Sync, cli, counts, json};
 use crate::diff::{MAPPING, Row, batch};
 
-fn row(id: &str, i: i64) -> Row {
-    Row {
-        id: Some(id.to_string()),
-        s: Some("Ada".into()),
-        b: Some(true),
-        d: Some(1250),
-        dt: Some(19000),
-        ts: Some(1_700_000_000_000_000),
-        i: Some(i),
-        f: Some(1.5),
-    }
-}
+use crate::diff::row_i as row;
 
 fn sync_with(extra: &str, sql: &str) -> Sync {
     let s = Sync::new();

@@ -17,18 +17,7 @@ pub fn emulator_config() -> EmulatorConfig {
     c
 }
 
-pub fn row(id: &str, i: i64) -> Row {
-    Row {
-        id: Some(id.to_string()),
-        s: Some("Ada".into()),
-        b: Some(true),
-        d: Some(1250),
-        dt: Some(19000),
-        ts: Some(1_700_000_000_000_000),
-        i: Some(i),
-        f: Some(1.5),
-    }
-}
+pub use crate::diff::row_i as row;
 
 /// A sync against `emu` with the standard mapping; `key`/`mode` as given.
 pub fn sync_for(emu: &Emulator, key: &str, mode: &str, extra: &str) -> Sync {
