@@ -83,7 +83,7 @@ impl Lock {
                 Err(object_store::Error::AlreadyExists { .. }) => {}
                 Err(e) => {
                     return Err(Error::Storage(format!(
-                        "cannot create lock {path}: {}",
+                        "state: cannot create lock {path}: {}",
                         one_line(&e)
                     )));
                 }
@@ -94,7 +94,7 @@ impl Lock {
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => {
                     return Err(Error::Storage(format!(
-                        "cannot read lock {path}: {}",
+                        "state: cannot read lock {path}: {}",
                         one_line(&e)
                     )));
                 }
@@ -134,7 +134,7 @@ impl Lock {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
                     return Err(Error::Storage(format!(
-                        "cannot remove stale lock {path}: {}",
+                        "state: cannot remove stale lock {path}: {}",
                         one_line(&e)
                     )));
                 }
@@ -150,7 +150,7 @@ impl Lock {
         match self.store.delete(&self.path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::Storage(format!(
-                "cannot remove lock {}: {}",
+                "state: cannot remove lock {}: {}",
                 self.path,
                 one_line(&e)
             ))),

@@ -634,3 +634,65 @@ async fn an_untrusted_certificate_is_fatal_and_named() {
     assert!(err.contains("TLS certificate rejected"), "{err}");
     assert!(!s.state_dir().join("manifest.json").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_store_refusing_the_state_stops_before_sending() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    // An S3 endpoint that refuses every request, as an expired credential would.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h2 = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let h = h2.clone();
+        async move {
+            h.fetch_add(1, Ordering::SeqCst);
+            (
+                StatusCode::FORBIDDEN,
+                "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+            )
+                .into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let emu = Emulator::start(emulator_config()).await.unwrap();
+    let s = sync_for(&emu, "email", "upsert", "");
+    let text = std::fs::read_to_string(s.config()).unwrap();
+    std::fs::write(
+        s.config(),
+        text.replace("state = \"state\"", "state = \"s3://bucket/syncs\""),
+    )
+    .unwrap();
+    s.land(&batch(&rows(3)));
+    let cfg = s.config().to_str().unwrap().to_string();
+    let endpoint = format!("http://{addr}");
+    let out = tokio::task::spawn_blocking(move || {
+        cli(
+            &["run", "-c", &cfg],
+            &[
+                ("VOYADO_SYNC_TEST_KEY", KEY),
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test-secret"),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ENDPOINT", &endpoint),
+                ("AWS_ALLOW_HTTP", "true"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let err = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap();
+    assert!(err.contains("state") && err.contains("lock"), "{err}");
+    assert!(!err.contains("test-secret"));
+    assert!(
+        hits.load(Ordering::SeqCst) > 0,
+        "the object store was really called"
+    );
+    assert_eq!(emu.requests().total(), 0, "nothing sent");
+}
