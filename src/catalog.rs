@@ -36,8 +36,12 @@ pub fn session(settings: &Settings) -> Result<SessionContext> {
 }
 
 /// Builds the object store for a bucket/container URL from the environment's usual
-/// credentials (`AWS_*`, `GOOGLE_*`, `AZURE_*` variables).
-pub fn object_store_for(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
+/// credentials (`AWS_*`, `GOOGLE_*`, `AZURE_*` variables), then the `[storage]` options for
+/// that location. Option values are never echoed: they may be secrets.
+pub fn object_store_for(
+    url: &url::Url,
+    options: &[(String, String)],
+) -> Result<Arc<dyn ObjectStore>> {
     let fail = |e: object_store::Error| {
         Error::config(format!(
             "object store for {}: {}",
@@ -45,33 +49,51 @@ pub fn object_store_for(url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
             one_line(&e)
         ))
     };
+    let bad_key = |k: &str| {
+        Error::config(format!(
+            "[storage] option {k:?} is not known for {}:// locations",
+            url.scheme()
+        ))
+    };
     let store: Arc<dyn ObjectStore> = match url.scheme() {
-        "s3" | "s3a" => Arc::new(
-            object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .build()
-                .map_err(fail)?,
-        ),
-        "gs" => Arc::new(
-            object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url.as_str())
-                .build()
-                .map_err(fail)?,
-        ),
-        "az" | "abfs" | "abfss" | "azure" => Arc::new(
-            object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url.as_str())
-                .build()
-                .map_err(fail)?,
-        ),
+        "s3" | "s3a" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
+            for (k, v) in options {
+                let key = k.parse().map_err(|_| bad_key(k))?;
+                b = b.with_config(key, v);
+            }
+            Arc::new(b.build().map_err(fail)?)
+        }
+        "gs" => {
+            let mut b =
+                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
+            for (k, v) in options {
+                let key = k.parse().map_err(|_| bad_key(k))?;
+                b = b.with_config(key, v);
+            }
+            Arc::new(b.build().map_err(fail)?)
+        }
+        "az" | "abfs" | "abfss" | "azure" => {
+            let mut b =
+                object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+            for (k, v) in options {
+                let key = k.parse().map_err(|_| bad_key(k))?;
+                b = b.with_config(key, v);
+            }
+            Arc::new(b.build().map_err(fail)?)
+        }
         other => return Err(Error::config(format!("unsupported URL scheme {other}://"))),
     };
     Ok(store)
 }
 
 /// Registers the store serving `url` on the session (idempotent per bucket).
-pub fn register_store(ctx: &SessionContext, url: &url::Url) -> Result<Arc<dyn ObjectStore>> {
-    let store = object_store_for(url)?;
+pub fn register_store(
+    ctx: &SessionContext,
+    settings: &Settings,
+    url: &url::Url,
+) -> Result<Arc<dyn ObjectStore>> {
+    let store = object_store_for(url, settings.storage_options(url))?;
     ctx.register_object_store(url, Arc::clone(&store));
     Ok(store)
 }
@@ -114,7 +136,7 @@ pub async fn register_sources(ctx: &SessionContext, settings: &Settings) -> Resu
                 s
             }
             Location::Url(u) => {
-                register_store(ctx, u)?;
+                register_store(ctx, settings, u)?;
                 u.to_string()
             }
         };

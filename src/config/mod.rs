@@ -34,6 +34,10 @@ pub struct Config {
     pub warnings: WarningsConfig,
     #[serde(default)]
     pub guards: GuardsConfig,
+    /// Per-location object-store settings: URL prefix -> object_store options
+    /// (`endpoint`, `region`, `allow_http`, ...).
+    #[serde(default)]
+    pub storage: BTreeMap<String, BTreeMap<String, toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

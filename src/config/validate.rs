@@ -31,8 +31,25 @@ pub struct Settings {
     pub lock_stale_secs: u64,
     pub limits: Limits,
     pub thresholds: Thresholds,
+    /// Object-store options by URL prefix (`s3://bucket`, `gs://bucket/path`...).
+    pub storage: Vec<(String, Vec<(String, String)>)>,
     /// Non-fatal findings, shown by `check`.
     pub notes: Vec<String>,
+}
+
+impl Settings {
+    /// The options of the longest `[storage]` prefix matching `url`.
+    pub fn storage_options(&self, url: &url::Url) -> &[(String, String)] {
+        let u = url.as_str().trim_end_matches('/');
+        self.storage
+            .iter()
+            .filter(|(prefix, _)| {
+                let p = prefix.trim_end_matches('/');
+                u == p || u.starts_with(&format!("{p}/"))
+            })
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map_or(&[], |(_, o)| o.as_slice())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -602,6 +619,37 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
         problems.push("[sync] lock_stale_secs: must be at least 1".to_string());
     }
 
+    let mut storage = Vec::new();
+    for (prefix, options) in &config.storage {
+        let scheme = prefix.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(
+            scheme.as_deref(),
+            Some("s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure")
+        ) {
+            problems.push(format!(
+                "[storage.\"{prefix}\"]: not an object-store URL (s3://, gs://, az://)"
+            ));
+            continue;
+        }
+        let mut opts = Vec::new();
+        for (key, value) in options {
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => {
+                    problems.push(format!(
+                        "[storage.\"{prefix}\"] {key}: must be a string, number or boolean"
+                    ));
+                    continue;
+                }
+            };
+            opts.push((key.clone(), text));
+        }
+        storage.push((prefix.clone(), opts));
+    }
+
     if !problems.is_empty() {
         return Err(Error::Config(problems));
     }
@@ -650,6 +698,7 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
             max_deleted_percent: config.guards.max_deleted_percent,
             max_changed_percent: config.guards.max_changed_percent,
         },
+        storage,
         notes,
     })
 }

@@ -102,7 +102,7 @@ impl State {
                 })
             }
             Location::Url(url) => {
-                let store = register_store(ctx, url)?;
+                let store = register_store(ctx, settings, url)?;
                 let base = url.path().trim_matches('/');
                 let prefix = if base.is_empty() {
                     ObjPath::from(sync.as_str())

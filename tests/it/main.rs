@@ -5,6 +5,7 @@ mod common;
 mod diff;
 mod emulator;
 mod input;
+mod object_store;
 mod reliability;
 mod state;
 mod sync;
