@@ -621,7 +621,9 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
 
     let mut storage = Vec::new();
     for (prefix, options) in &config.storage {
-        let scheme = prefix.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        let scheme = prefix
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase());
         if !matches!(
             scheme.as_deref(),
             Some("s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure")
