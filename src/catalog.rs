@@ -29,6 +29,14 @@ pub fn session(settings: &Settings) -> Result<SessionContext> {
     // the bytes fetched from object stores close to the files' size (one extra request when
     // a footer is larger).
     config.options_mut().execution.parquet.metadata_size_hint = Some(16 * 1024);
+    // Plain Utf8 rather than Utf8View strings: view arrays keep whole shared buffers alive,
+    // so after repartitioning every batch is accounted at many times its size and sorts
+    // spill or fail far below the memory limit.
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     for udf in crate::identity::udf::all()
         .into_iter()

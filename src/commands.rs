@@ -115,13 +115,16 @@ impl Prepared {
         }
     }
 
-    pub async fn change_set(&self) -> Result<(diff::ChangeSet, Option<state::Manifest>)> {
+    pub async fn change_set(
+        &self,
+        wide: bool,
+    ) -> Result<(diff::ChangeSet, Option<state::Manifest>)> {
         let manifest = self.state.manifest().await?;
         let snapshot = match &manifest {
             Some(m) => Some((self.state.load(&self.ctx, m).await?, m)),
             None => None,
         };
-        let set = diff::plan(&self.ctx, &self.settings, snapshot).await?;
+        let set = diff::plan(&self.ctx, &self.settings, snapshot, wide).await?;
         Ok((set, manifest))
     }
 }
@@ -130,7 +133,7 @@ impl Prepared {
 /// calls nothing.
 pub async fn plan(config_path: &Path) -> Result<Report> {
     let p = prepare(config_path, false).await?;
-    let (set, _) = p.change_set().await?;
+    let (set, _) = p.change_set(false).await?;
     let summary = diff::summarize(&set).await?;
     tracing::info!(
         new = summary.counts.new,
@@ -177,7 +180,7 @@ pub async fn baseline(config_path: &Path) -> Result<Report> {
 }
 
 async fn baseline_locked(p: &Prepared) -> Result<Report> {
-    let (set, manifest) = p.change_set().await?;
+    let (set, manifest) = p.change_set(true).await?;
     let summary = diff::summarize(&set).await?;
     let mut cols = vec![
         quote(state::IDENTIFIER),
@@ -241,7 +244,7 @@ pub async fn stage(config_path: &Path) -> Result<(Report, diff::stage::Staged, S
         .lock(&p.run_id, "stage", p.settings.lock_stale_secs)
         .await?;
     let result = async {
-        let (set, _) = p.change_set().await?;
+        let (set, _) = p.change_set(true).await?;
         diff::stage::stage(&p.ctx, &p.settings, &p.state, &set, &p.run_id).await
     }
     .await;

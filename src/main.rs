@@ -25,9 +25,21 @@ fn init_logging(cli: &Cli) {
         .init();
 }
 
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(value)?);
-    Ok(())
+    out(&format!("{}\n", serde_json::to_string(value)?))
 }
 
 async fn run(cli: Cli) -> Result<u8, Error> {
@@ -109,7 +121,7 @@ fn emit(report: &voyado_sync::report::Report, json: bool) -> Result<u8, Error> {
     if json {
         print_json(report).map_err(|e| Error::Internal(e.to_string()))?;
     } else {
-        print!("{}", report.render());
+        out(&report.render()).map_err(|e| Error::Internal(e.to_string()))?;
     }
     Ok(exit::OK)
 }

@@ -64,7 +64,7 @@ fn df_err(what: &'static str) -> impl Fn(datafusion::error::DataFusionError) -> 
 
 async fn run_locked(p: &Prepared, api_key: &ApiKey, options: &RunOptions) -> Result<RunResult> {
     let s = &p.settings;
-    let (set, manifest) = p.change_set().await?;
+    let (set, manifest) = p.change_set(true).await?;
     let staged = stage(&p.ctx, s, &p.state, &set, &p.run_id).await?;
     let counts = staged.summary.counts;
     tracing::info!(

@@ -11,6 +11,7 @@ pub mod row_hash;
 pub mod stage;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, StringArray};
 use datafusion::arrow::compute::cast;
@@ -76,10 +77,13 @@ pub struct ChangeSet {
 
 /// Plans the model, the identity rules and the comparison with the state.
 /// `snapshot` is the loaded state and its manifest, or None for a first run.
+/// With `wide` false the value columns are left out of the change set (counting needs
+/// only kinds and identifiers); staging and baselines need them.
 pub async fn plan(
     ctx: &SessionContext,
     settings: &Settings,
     snapshot: Option<(DataFrame, &Manifest)>,
+    wide: bool,
 ) -> Result<ChangeSet> {
     let model = crate::model::plan(ctx, settings).await?;
     let problems = crate::model::check_output(model.schema().as_arrow(), settings);
@@ -112,10 +116,10 @@ pub async fn plan(
         .map(|m| format!("{} AS {}", quote(&m.column), quote(&m.attribute)))
         .collect::<Vec<_>>()
         .join(", ");
-    let pairs = settings
+    let src_pairs = settings
         .attributes
         .iter()
-        .map(|m| format!("'{}', {}", m.attribute, quote(&m.attribute)))
+        .map(|m| format!("'{}', {}", m.attribute, quote(&m.column)))
         .collect::<Vec<_>>()
         .join(", ");
     let attr_cols = settings
@@ -127,26 +131,30 @@ pub async fn plan(
         Some(c) => format!("NULLIF(trim(CAST({} AS VARCHAR)), '')", quote(c)),
         None => "CAST(NULL AS VARCHAR)".to_string(),
     };
+    // The row hash is computed here, before the duplicate check, so that a plan that needs
+    // only counts sorts narrow rows (DataFusion prunes the unused value columns).
     let sql = format!(
-        "SELECT {raw} AS {RAW_IDENTIFIER}, {norm}({raw}, '{key}') AS {ident}, {known} AS {KNOWN_CONTACT_ID}, {values} FROM __vs_model_src",
+        "SELECT {raw} AS {RAW_IDENTIFIER}, {norm}({raw}, '{key}') AS {ident}, {known} AS {KNOWN_CONTACT_ID}, \
+           {hash}({src_pairs}) AS {row_hash}, {values} FROM __vs_model_src",
         raw = format!("CAST({id} AS VARCHAR)"),
         norm = identity::udf::NORMALIZE,
         ident = state::IDENTIFIER,
+        hash = row_hash::ROW_HASH,
+        row_hash = state::ROW_HASH,
     );
     let projected = ctx.sql(&sql).await.map_err(fail("model"))?;
     ctx.register_table("__vs_model", projected.into_view())
         .map_err(fail("model"))?;
+    // Duplicates: a count over each identifier's rows. (A grouped aggregate measured no
+    // faster, and would collapse the rows of a duplicated identifier into one.)
     let sql = format!(
         "SELECT m.*, TRUE AS __present, \
            COALESCE({problem}({ident}, '{key}'), \
-             CASE WHEN (count(*) OVER (PARTITION BY {ident})) > 1 THEN '{dup}' END) AS {REASON}, \
-           {hash}({pairs}) AS {row_hash} \
+             CASE WHEN (count(*) OVER (PARTITION BY {ident})) > 1 THEN '{dup}' END) AS {REASON} \
          FROM __vs_model m",
         problem = identity::udf::PROBLEM,
         ident = state::IDENTIFIER,
         dup = identity::REASON_DUPLICATE,
-        hash = row_hash::ROW_HASH,
-        row_hash = state::ROW_HASH,
     );
     let valid = ctx.sql(&sql).await.map_err(fail("model"))?;
 
@@ -237,11 +245,14 @@ pub async fn plan(
         None
     };
 
-    let values = attr_cols
-        .iter()
-        .map(|c| format!("m.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let values = if wide {
+        attr_cols
+            .iter()
+            .map(|c| format!(", m.{c}"))
+            .collect::<String>()
+    } else {
+        String::new()
+    };
     let mut frames = Vec::new();
     for b in 0..buckets {
         let (sf, mf) = if buckets > 1 {
@@ -267,7 +278,7 @@ pub async fn plan(
                COALESCE(m.{ident}, s.__s_id) AS {ident}, \
                m.{RAW_IDENTIFIER}, m.{REASON}, m.{KNOWN_CONTACT_ID}, \
                s.__s_contact_id AS {cid}, s.__s_status AS {PREV_STATUS}, \
-               m.{rh}, {values} \
+               m.{rh}{values} \
              FROM (SELECT * FROM __vs_snap {sf}) s \
              FULL OUTER JOIN (SELECT * FROM __vs_model_valid {mf}) m \
                ON (s.__s_id = m.{ident})",
@@ -345,14 +356,31 @@ pub async fn summarize(set: &ChangeSet) -> Result<Summary> {
             .clone()
             .select_columns(&[KIND, state::IDENTIFIER, RAW_IDENTIFIER, REASON])
             .map_err(|e| Error::Internal(df_message("change set", &e)))?;
-        let mut stream = df
-            .execute_stream()
+        let task = df.task_ctx();
+        let plan = df
+            .create_physical_plan()
             .await
+            .map_err(|e| Error::Input(df_message("change detection", &e)))?;
+        let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), Arc::new(task))
             .map_err(|e| Error::Input(df_message("change detection", &e)))?;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| Error::Input(df_message("change detection", &e)))?;
             tally.add(&batch)?;
         }
+        log_metrics(&plan);
     }
     Ok(tally.summary)
+}
+
+/// With `-vv`, the executed plan with its metrics (rows, time, memory, spills per operator):
+/// where a slow diff spends its time.
+pub fn log_metrics(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) {
+    if tracing::enabled!(tracing::Level::TRACE) {
+        let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+            plan.as_ref(),
+        )
+        .indent(true)
+        .to_string();
+        tracing::trace!("executed plan with metrics:\n{shown}");
+    }
 }
