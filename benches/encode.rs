@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use datafusion::arrow::array::*;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use voyado_sync::sink::voyado::encode::{ColumnEncoder, object};
+use voyado_sync::sink::voyado::encode::{ColumnEncoder, row_object};
 
 fn batch(rows: usize, offset: usize) -> RecordBatch {
     let n = |i: usize| i + offset;
@@ -103,13 +103,13 @@ fn main() {
                 .iter()
                 .map(|c| ColumnEncoder::new(c).unwrap())
                 .collect();
+            let columns: Vec<(&str, &ColumnEncoder)> =
+                names.iter().map(String::as_str).zip(&encoders).collect();
+            let mut body = String::with_capacity(512);
             for i in 0..b.num_rows() {
-                let pairs: Vec<(&str, String)> = names
-                    .iter()
-                    .zip(&encoders)
-                    .filter_map(|(n, e)| e.json(i).map(|v| (n.as_str(), v)))
-                    .collect();
-                bytes += object(&pairs).len();
+                body.clear();
+                row_object(&columns, i, &mut body);
+                bytes += body.len();
             }
         }
     }
