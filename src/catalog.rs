@@ -169,3 +169,17 @@ pub async fn register_sources(ctx: &SessionContext, settings: &Settings) -> Resu
     }
     Ok(())
 }
+
+/// Registers `df` under a fresh name for SQL to refer to. Commands load the state, stage
+/// and compact within one session, so fixed names would collide.
+pub fn temp_view(
+    ctx: &SessionContext,
+    prefix: &str,
+    df: datafusion::prelude::DataFrame,
+) -> datafusion::error::Result<String> {
+    static VIEWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = VIEWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("__vs_{prefix}_{n}");
+    ctx.register_table(name.as_str(), df.into_view())?;
+    Ok(name)
+}

@@ -79,20 +79,9 @@ pub(crate) struct Prepared {
 }
 
 pub(crate) async fn prepare(config_path: &Path, create_state: bool) -> Result<Prepared> {
-    let started = chrono::Utc::now();
-    let clock = Instant::now();
-    let settings = config::load(config_path)?;
-    let ctx = crate::catalog::session(&settings)?;
-    crate::catalog::register_sources(&ctx, &settings).await?;
-    let state = State::open(&ctx, &settings, create_state)?;
-    Ok(Prepared {
-        settings,
-        ctx,
-        state,
-        run_id: new_run_id(started),
-        started,
-        clock,
-    })
+    let p = prepare_state_only(config_path, create_state).await?;
+    crate::catalog::register_sources(&p.ctx, &p.settings).await?;
+    Ok(p)
 }
 
 impl Prepared {
@@ -190,10 +179,8 @@ async fn baseline_locked(p: &Prepared) -> Result<Report> {
     ];
     cols.extend(p.settings.attributes.iter().map(|m| quote(&m.attribute)));
     let mut rows: Option<datafusion::prelude::DataFrame> = None;
-    for (i, df) in set.buckets.iter().enumerate() {
-        let name = format!("__vs_baseline_{i}");
-        p.ctx
-            .register_table(name.as_str(), df.clone().into_view())
+    for df in &set.buckets {
+        let name = crate::catalog::temp_view(&p.ctx, "baseline", df.clone())
             .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
         let df = p
             .ctx
@@ -273,6 +260,7 @@ pub async fn reset(config_path: &Path) -> Result<bool> {
 /// gone).
 async fn prepare_state_only(config_path: &Path, create_state: bool) -> Result<Prepared> {
     let started = chrono::Utc::now();
+    let clock = Instant::now();
     let settings = config::load(config_path)?;
     let ctx = crate::catalog::session(&settings)?;
     let state = State::open(&ctx, &settings, create_state)?;
@@ -282,7 +270,7 @@ async fn prepare_state_only(config_path: &Path, create_state: bool) -> Result<Pr
         state,
         run_id: new_run_id(started),
         started,
-        clock: Instant::now(),
+        clock,
     })
 }
 

@@ -6,8 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -17,7 +16,9 @@ use object_store::buffered::BufWriter;
 use crate::commands::{Prepared, prepare, store_report};
 use crate::config::Settings;
 use crate::diff::stage::{CHANGED_COLUMNS, Staged, stage};
-use crate::diff::{self, CHANGED, DELETED, KIND, KNOWN_CONTACT_ID, NEW, PREV_STATUS, Sample};
+use crate::diff::{
+    self, CHANGED, DELETED, KIND, KNOWN_CONTACT_ID, NEW, PREV_STATUS, Sample, string_column,
+};
 use crate::error::{Error, Result, df_message, exit};
 use crate::report::Report;
 use crate::sink::voyado::encode::ColumnEncoder;
@@ -218,15 +219,6 @@ struct Sent {
     samples: BTreeMap<String, Vec<Sample>>,
 }
 
-fn strings(batch: &RecordBatch, name: &str) -> Result<StringArray> {
-    let c = batch
-        .column_by_name(name)
-        .ok_or_else(|| Error::Internal(format!("staged change set has no column {name}")))?;
-    let c = cast(c, &DataType::Utf8)
-        .map_err(|e| Error::Internal(format!("staged column {name}: {e}")))?;
-    Ok(c.as_string::<i32>().clone())
-}
-
 fn opt(a: &StringArray, i: usize) -> Option<String> {
     a.is_valid(i).then(|| a.value(i).to_string())
 }
@@ -278,65 +270,9 @@ async fn send(
             let len = chunk.min(whole.num_rows() - offset);
             let batch = whole.slice(offset, len);
             offset += len;
-            let kinds = strings(&batch, KIND)?;
-            let ids = strings(&batch, state::IDENTIFIER)?;
-            let prev_status = strings(&batch, PREV_STATUS)?;
-            let contact_ids = strings(&batch, state::CONTACT_ID)?;
-            let known_ids = strings(&batch, KNOWN_CONTACT_ID)?;
-            let changed_cols = strings(&batch, CHANGED_COLUMNS)?;
-            let encoders = attrs
-                .iter()
-                .map(|a| {
-                    let col = batch.column_by_name(a).ok_or_else(|| {
-                        Error::Internal(format!("staged change set has no column {a}"))
-                    })?;
-                    ColumnEncoder::new(col).map(|e| (a.clone(), e))
-                })
-                .collect::<Result<Vec<_>>>()?;
-
-            let mut results: Vec<(usize, Outcome)> = Vec::new();
-            let mut jobs = Vec::new();
-            for i in 0..batch.num_rows() {
-                let kind = kinds.value(i);
-                if kind == DELETED {
-                    results.push((i, Outcome::Deleted));
-                    continue;
-                }
-                if kind != NEW && kind != CHANGED {
-                    continue;
-                }
-                let prev = opt(&prev_status, i);
-                let as_new = kind == NEW
-                    || matches!(prev.as_deref(), Some(state::NOT_FOUND | state::REJECTED));
-                let full: Vec<(String, String)> = encoders
-                    .iter()
-                    .filter_map(|(a, e)| e.json(i).map(|v| (a.clone(), v)))
-                    .collect();
-                let changed: Vec<(String, String)> = if as_new {
-                    Vec::new()
-                } else {
-                    let names: Vec<String> = opt(&changed_cols, i)
-                        .map(|c| c.split(',').map(str::to_string).collect())
-                        .unwrap_or_default();
-                    full.iter()
-                        .filter(|(a, _)| names.contains(a))
-                        .cloned()
-                        .collect()
-                };
-                let contact_id = opt(&known_ids, i).or_else(|| opt(&contact_ids, i));
-                jobs.push((
-                    i,
-                    Job {
-                        identifier: ids.value(i).to_string(),
-                        as_new,
-                        contact_id,
-                        full,
-                        changed,
-                    },
-                ));
-            }
+            let (mut results, jobs) = jobs(&batch, &attrs)?;
             let planner = &planner;
-            let done: Vec<(usize, Outcome)> = futures::stream::iter(jobs)
+            let done: Vec<(usize, String, Outcome)> = futures::stream::iter(jobs)
                 .map(|(i, job)| async move {
                     let o = planner.process(&job).await;
                     (i, job.identifier, o)
@@ -352,14 +288,14 @@ async fn send(
                         }
                         _ => {}
                     }
-                    (i, o)
+                    (i, identifier, o)
                 })
                 .collect()
                 .await;
 
             let mut rejected_ids = Vec::new();
             let mut rejected_reasons = Vec::new();
-            for (i, o) in &done {
+            for (_, identifier, o) in &done {
                 outcomes.add(o);
                 let (kind, reason) = match o {
                     Outcome::Rejected(r) => ("rejected", r),
@@ -369,17 +305,17 @@ async fn send(
                 let list = samples.entry(kind.to_string()).or_default();
                 if list.len() < 5 {
                     list.push(Sample {
-                        identifier: Some(ids.value(*i).to_string()),
+                        identifier: Some(identifier.clone()),
                         reason: Some(reason.clone()),
                     });
                 }
                 if kind == "rejected" {
-                    rejected_ids.push(ids.value(*i).to_string());
+                    rejected_ids.push(identifier.clone());
                     rejected_reasons.push(reason.clone());
                 }
             }
             progress.advance(done.len() as u64);
-            results.extend(done);
+            results.extend(done.into_iter().map(|(i, _, o)| (i, o)));
             if !rejected_ids.is_empty() {
                 let b = RecordBatch::try_new(
                     Arc::new(Schema::new(vec![
@@ -393,11 +329,7 @@ async fn send(
                 )
                 .map_err(|e| Error::Internal(format!("rejected rows: {e}")))?;
                 if rejected_writer.is_none() {
-                    let (store, path) = p.state.object(&rejected_rel);
-                    rejected_writer = Some(
-                        AsyncArrowWriter::try_new(BufWriter::new(store, path), b.schema(), None)
-                            .map_err(|e| Error::Storage(format!("state: {rejected_rel}: {e}")))?,
-                    );
+                    rejected_writer = Some(p.state.parquet_writer(&rejected_rel, b.schema())?);
                 }
                 if let Some(w) = rejected_writer.as_mut() {
                     w.write(&b)
@@ -425,6 +357,70 @@ async fn send(
     }
     progress.finish();
     Ok(Sent { outcomes, samples })
+}
+
+/// The rows of one staged chunk as sink jobs: (row, job) for new and changed rows, and
+/// the outcomes known without a request (deleted rows: no Voyado call).
+#[allow(clippy::type_complexity)]
+fn jobs(
+    batch: &RecordBatch,
+    attrs: &[String],
+) -> Result<(Vec<(usize, Outcome)>, Vec<(usize, Job)>)> {
+    let kinds = string_column(batch, KIND)?;
+    let ids = string_column(batch, state::IDENTIFIER)?;
+    let prev_status = string_column(batch, PREV_STATUS)?;
+    let contact_ids = string_column(batch, state::CONTACT_ID)?;
+    let known_ids = string_column(batch, KNOWN_CONTACT_ID)?;
+    let changed_cols = string_column(batch, CHANGED_COLUMNS)?;
+    let encoders = attrs
+        .iter()
+        .map(|a| {
+            let col = batch
+                .column_by_name(a)
+                .ok_or_else(|| Error::Internal(format!("staged change set has no column {a}")))?;
+            ColumnEncoder::new(col).map(|e| (a.clone(), e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut known = Vec::new();
+    let mut jobs = Vec::new();
+    for i in 0..batch.num_rows() {
+        let kind = kinds.value(i);
+        if kind == DELETED {
+            known.push((i, Outcome::Deleted));
+            continue;
+        }
+        if kind != NEW && kind != CHANGED {
+            continue;
+        }
+        let prev = opt(&prev_status, i);
+        let as_new =
+            kind == NEW || matches!(prev.as_deref(), Some(state::NOT_FOUND | state::REJECTED));
+        let full: Vec<(String, String)> = encoders
+            .iter()
+            .filter_map(|(a, e)| e.json(i).map(|v| (a.clone(), v)))
+            .collect();
+        let changed = if as_new {
+            Vec::new()
+        } else {
+            let names = opt(&changed_cols, i).unwrap_or_default();
+            let names: Vec<&str> = names.split(',').collect();
+            full.iter()
+                .filter(|(a, _)| names.contains(&a.as_str()))
+                .cloned()
+                .collect()
+        };
+        jobs.push((
+            i,
+            Job {
+                identifier: ids.value(i).to_string(),
+                as_new,
+                contact_id: opt(&known_ids, i).or_else(|| opt(&contact_ids, i)),
+                full,
+                changed,
+            },
+        ));
+    }
+    Ok((known, jobs))
 }
 
 /// Appends the pending outcomes as one delta and names it in the manifest.
@@ -458,35 +454,23 @@ async fn compact(
 ) -> Result<datafusion::prelude::DataFrame> {
     let loaded = state.load(ctx, m).await?;
     let schema = loaded.schema().as_arrow().clone();
-    ctx.register_table("__vs_commit_src", loaded.into_view())
-        .map_err(df_err("compacting the state"))?;
+    let src =
+        crate::catalog::temp_view(ctx, "commit", loaded).map_err(df_err("compacting the state"))?;
     let present: Vec<&str> = s
         .attributes
         .iter()
         .map(|a| a.attribute.as_str())
         .filter(|a| schema.field_with_name(a).is_ok())
         .collect();
-    let pairs = if present.is_empty() {
-        "'', CAST(NULL AS VARCHAR)".to_string()
-    } else {
-        present
-            .iter()
-            .map(|a| format!("'{a}', {}", quote(a)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let hash = diff::row_hash::sql_call(present.iter().map(|a| (*a, quote(a))));
     let mut cols = vec![
         quote(state::IDENTIFIER),
         quote(state::CONTACT_ID),
         quote(state::STATUS),
-        format!(
-            "{}({pairs}) AS {}",
-            diff::row_hash::ROW_HASH,
-            quote(state::ROW_HASH)
-        ),
+        format!("{hash} AS {}", quote(state::ROW_HASH)),
     ];
     cols.extend(present.iter().map(|a| quote(a)));
-    ctx.sql(&format!("SELECT {} FROM __vs_commit_src", cols.join(", ")))
+    ctx.sql(&format!("SELECT {} FROM {src}", cols.join(", ")))
         .await
         .map_err(df_err("compacting the state"))
 }

@@ -70,6 +70,9 @@ pub struct Summary {
 /// attribute type classes (recorded with the next snapshot).
 pub struct ChangeSet {
     pub buckets: Vec<DataFrame>,
+    /// The state the change set was computed against, with its stored values (staging
+    /// reads them to tell which attributes changed).
+    pub state: DataFrame,
     pub attributes: BTreeMap<String, String>,
     /// Keeps the materialised model output alive while the frames are read.
     _spill: Option<tempfile::TempDir>,
@@ -116,12 +119,12 @@ pub async fn plan(
         .map(|m| format!("{} AS {}", quote(&m.column), quote(&m.attribute)))
         .collect::<Vec<_>>()
         .join(", ");
-    let src_pairs = settings
-        .attributes
-        .iter()
-        .map(|m| format!("'{}', {}", m.attribute, quote(&m.column)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let model_hash = row_hash::sql_call(
+        settings
+            .attributes
+            .iter()
+            .map(|m| (m.attribute.as_str(), quote(&m.column))),
+    );
     let attr_cols = settings
         .attributes
         .iter()
@@ -135,11 +138,10 @@ pub async fn plan(
     // only counts sorts narrow rows (DataFusion prunes the unused value columns).
     let sql = format!(
         "SELECT {raw} AS {RAW_IDENTIFIER}, {norm}({raw}, '{key}') AS {ident}, {known} AS {KNOWN_CONTACT_ID}, \
-           {hash}({src_pairs}) AS {row_hash}, {values} FROM __vs_model_src",
+           {model_hash} AS {row_hash}, {values} FROM __vs_model_src",
         raw = format!("CAST({id} AS VARCHAR)"),
         norm = identity::udf::NORMALIZE,
         ident = state::IDENTIFIER,
-        hash = row_hash::ROW_HASH,
         row_hash = state::ROW_HASH,
     );
     let projected = ctx.sql(&sql).await.map_err(fail("model"))?;
@@ -181,21 +183,17 @@ pub async fn plan(
     let snap_hash = if stored_hash_ok {
         quote(state::ROW_HASH)
     } else {
-        let pairs: Vec<String> = settings
-            .attributes
-            .iter()
-            .filter(|m| state_schema.field_with_name(&m.attribute).is_ok())
-            .map(|m| format!("'{}', {}", m.attribute, quote(&m.attribute)))
-            .collect();
-        let pairs = if pairs.is_empty() {
-            "'', CAST(NULL AS VARCHAR)".to_string()
-        } else {
-            pairs.join(", ")
-        };
         tracing::info!("stored row hashes do not cover the current mapping; comparing values");
-        format!("{}({pairs})", row_hash::ROW_HASH)
+        row_hash::sql_call(
+            settings
+                .attributes
+                .iter()
+                .map(|m| m.attribute.as_str())
+                .filter(|a| state_schema.field_with_name(a).is_ok())
+                .map(|a| (a, quote(a))),
+        )
     };
-    ctx.register_table("__vs_state", state_df.into_view())
+    ctx.register_table("__vs_state", state_df.clone().into_view())
         .map_err(fail("state"))?;
     let compact = ctx
         .sql(&format!(
@@ -290,9 +288,21 @@ pub async fn plan(
     }
     Ok(ChangeSet {
         buckets: frames,
+        state: state_df,
         attributes,
         _spill: spill,
     })
+}
+
+/// A change-set column as plain strings (identifiers, kinds, reasons arrive as Utf8,
+/// Utf8View or null-typed columns depending on the plan).
+pub fn string_column(batch: &RecordBatch, name: &str) -> Result<StringArray> {
+    let c = batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::Internal(format!("change set has no column {name}")))?;
+    let c = cast(c, &DataType::Utf8)
+        .map_err(|e| Error::Internal(format!("change set column {name}: {e}")))?;
+    Ok(c.as_string::<i32>().clone())
 }
 
 /// Counts kinds and keeps samples while a change set streams by.
@@ -305,14 +315,7 @@ impl Tally {
     /// Counts one classified batch (which must hold `_kind`, `_identifier`,
     /// `_raw_identifier` and `_reason`) and returns each row's kind.
     pub fn add(&mut self, batch: &RecordBatch) -> Result<StringArray> {
-        let col = |name: &str| -> Result<StringArray> {
-            let c = batch
-                .column_by_name(name)
-                .ok_or_else(|| Error::Internal(format!("change set has no column {name}")))?;
-            let c = cast(c, &DataType::Utf8)
-                .map_err(|e| Error::Internal(format!("change set column {name}: {e}")))?;
-            Ok(c.as_string::<i32>().clone())
-        };
+        let col = |name: &str| string_column(batch, name);
         let kinds = col(KIND)?;
         let ids = col(state::IDENTIFIER)?;
         let raws = col(RAW_IDENTIFIER)?;

@@ -38,6 +38,21 @@ pub const HASH_BYTES: i32 = 16;
 pub const ROW_HASH: &str = "voyado_row_hash";
 pub const VALUE_KEY: &str = "voyado_value_key";
 
+/// SQL calling the row hash over (attribute, column expression) pairs, given in attribute
+/// order; with no pairs, the hash of no values. (Attribute names are validated to letters,
+/// digits and `_`, so they need no escaping as literals.)
+pub fn sql_call<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    let args: Vec<String> = pairs
+        .into_iter()
+        .map(|(attribute, expr)| format!("'{attribute}', {expr}"))
+        .collect();
+    if args.is_empty() {
+        format!("{ROW_HASH}('', CAST(NULL AS VARCHAR))")
+    } else {
+        format!("{ROW_HASH}({})", args.join(", "))
+    }
+}
+
 /// Whether a column type can be mapped (and so encoded, hashed and sent).
 pub fn supported_type(t: &DataType) -> bool {
     type_class(t).is_some()

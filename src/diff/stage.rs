@@ -10,12 +10,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
-use object_store::buffered::BufWriter;
 
 use super::{CHANGED, ChangeSet, DELETED, INVALID, KIND, NEW, Summary, Tally};
+use crate::catalog::temp_view;
 use crate::config::Settings;
 use crate::error::{Error, Result, df_message};
 use crate::state::{self, State, quote};
@@ -48,13 +47,8 @@ pub async fn stage(
         .first()
         .map(|df| Arc::new(df.schema().as_arrow().clone()))
         .ok_or_else(|| Error::Internal("change set has no buckets".into()))?;
-    let open = |rel: &str| -> Result<AsyncArrowWriter<BufWriter>> {
-        let (store, path) = state.object(rel);
-        AsyncArrowWriter::try_new(BufWriter::new(store, path), Arc::clone(&schema), None)
-            .map_err(|e| Error::Storage(format!("state: writing {rel}: {e}")))
-    };
-    let mut changes = open(&pass1)?;
-    let mut invalid = open(&invalid_rel)?;
+    let mut changes = state.parquet_writer(&pass1, Arc::clone(&schema))?;
+    let mut invalid = state.parquet_writer(&invalid_rel, Arc::clone(&schema))?;
     let werr = |rel: &str, e: datafusion::parquet::errors::ParquetError| {
         Error::Storage(format!("state: writing {rel}: {e}"))
     };
@@ -98,15 +92,9 @@ pub async fn stage(
         .read_parquet(state.url(&pass1), ParquetReadOptions::default())
         .await
         .map_err(fail)?;
-    ctx.register_table("__vs_stage1", staged.into_view())
-        .map_err(fail)?;
-    let state_cols = ctx
-        .table("__vs_state")
-        .await
-        .map_err(fail)?
-        .schema()
-        .as_arrow()
-        .clone();
+    let stage1 = temp_view(ctx, "stage1", staged).map_err(fail)?;
+    let state_cols = set.state.schema().as_arrow().clone();
+    let state_view = temp_view(ctx, "stage_state", set.state.clone()).map_err(fail)?;
     let value_key = super::row_hash::VALUE_KEY;
     let mut stored = vec![quote(state::IDENTIFIER)];
     let mut tests = Vec::new();
@@ -128,8 +116,8 @@ pub async fn stage(
     }
     let sql = format!(
         "SELECT c.*, CASE WHEN (c.{KIND} = '{CHANGED}') THEN concat_ws(',', {tests}) END AS {CHANGED_COLUMNS} \
-         FROM __vs_stage1 c \
-         LEFT JOIN (SELECT {stored} FROM __vs_state) s \
+         FROM {stage1} c \
+         LEFT JOIN (SELECT {stored} FROM {state_view}) s \
            ON (c.{KIND} = '{CHANGED}' AND c.{id} = s.{id})",
         tests = tests.join(", "),
         stored = stored.join(", "),

@@ -29,7 +29,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use crate::catalog::{one_line, redact, register_store};
+use crate::catalog::{one_line, redact, register_store, temp_view};
 use crate::config::{Location, Settings};
 use crate::error::{Error, Result, df_message};
 pub use lock::Lock;
@@ -185,9 +185,17 @@ impl State {
         .await
     }
 
-    /// The store and path of a state file, for writers that stream into it.
-    pub fn object(&self, rel: &str) -> (Arc<dyn ObjectStore>, ObjPath) {
-        (Arc::clone(&self.store), self.path(rel))
+    /// A Parquet writer streaming into a state file (side files, staged change sets).
+    pub fn parquet_writer(
+        &self,
+        rel: &str,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+    ) -> Result<datafusion::parquet::arrow::AsyncArrowWriter<object_store::buffered::BufWriter>>
+    {
+        let writer =
+            object_store::buffered::BufWriter::new(Arc::clone(&self.store), self.path(rel));
+        datafusion::parquet::arrow::AsyncArrowWriter::try_new(writer, schema, None)
+            .map_err(|e| Error::Storage(format!("state: writing {rel}: {e}")))
     }
 
     /// Removes a state file, best effort (used for temporary files).
@@ -313,17 +321,8 @@ impl State {
         let Some(deltas) = deltas else {
             return Ok(base);
         };
-        // Unique names: a run loads the state twice (diff, then compaction) in one session.
-        static LOADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (base_name, delta_name) = (
-            format!("__vs_state_base_{n}"),
-            format!("__vs_state_deltas_{n}"),
-        );
-        ctx.register_table(base_name.as_str(), base.into_view())
-            .map_err(fail)?;
-        ctx.register_table(delta_name.as_str(), deltas.into_view())
-            .map_err(fail)?;
+        let base_name = temp_view(ctx, "state_base", base).map_err(fail)?;
+        let delta_name = temp_view(ctx, "state_deltas", deltas).map_err(fail)?;
         let cols = names
             .iter()
             .map(|n| quote(n))

@@ -108,3 +108,53 @@ pub fn counts(v: &serde_json::Value) -> [u64; 5] {
     let c = &v["counts"];
     ["new", "changed", "unchanged", "deleted", "invalid"].map(|k| c[k].as_u64().unwrap())
 }
+
+/// Runs the real binary off the async runtime, so in-process servers (the emulator, scripted
+/// servers) keep answering while it works.
+pub async fn cli_async(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let envs: Vec<(String, String)> = envs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        cli(&args, &envs)
+    })
+    .await
+    .unwrap()
+}
+
+/// Starts `voyado-sync -q run -c CONFIG` in the background (to be killed or waited for).
+pub fn spawn_run(config: &Path, envs: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_voyado-sync"));
+    cmd.args(["-q", "run", "-c", config.to_str().unwrap()]);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// A free loopback port for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (up to 30 s) until something listens on the loopback port.
+pub async fn wait_for_port(port: u16) {
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("nothing listens on 127.0.0.1:{port}");
+}

@@ -1,7 +1,6 @@
 //! Sources and state on a real S3-compatible server (moto's server mode, started per test
 //! on 127.0.0.1), checked against the emulator's contacts.
 
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +22,7 @@ pub struct Moto {
 
 impl Moto {
     pub async fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -41,12 +36,7 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 with moto (pip install 'moto[server]'; .ci/run installs it)");
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::common::wait_for_port(port).await;
         let endpoint = format!("http://127.0.0.1:{port}");
         Moto { child, endpoint }
     }
@@ -150,28 +140,19 @@ impl Backend {
         env
     }
 
+    fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
     async fn run(&self, s: &Sync) -> crate::common::Output {
         let cfg = s.config().to_str().unwrap().to_string();
         let env = self.env();
-        tokio::task::spawn_blocking(move || {
-            let env: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            crate::common::cli(&["run", "--json", "-c", &cfg], &env)
-        })
-        .await
-        .unwrap()
+        crate::common::cli_async(&["run", "--json", "-c", &cfg], &Self::env_refs(&env)).await
     }
 
     fn spawn(&self, s: &Sync) -> Child {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_voyado-sync"));
-        cmd.args(["-q", "run", "-c", s.config().to_str().unwrap()]);
-        for (k, v) in self.env() {
-            cmd.env(k, v);
-        }
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        let env = self.env();
+        crate::common::spawn_run(&s.config(), &Self::env_refs(&env))
     }
 }
 
@@ -341,11 +322,7 @@ impl Azurite {
         } else {
             "azurite-blob".into()
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new(&bin)
             .args([
@@ -362,12 +339,7 @@ impl Azurite {
             .stderr(Stdio::null())
             .spawn()
             .expect("azurite-blob (npm install azurite; .ci/run installs it)");
-        for _ in 0..300 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::common::wait_for_port(port).await;
         Azurite {
             child,
             url: format!("http://127.0.0.1:{port}"),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use voyado_sync::emulator::{Emulator, EmulatorConfig, Endpoint, Faults, RateLimit};
 
-use crate::common::{Sync, cli, json as parse};
+use crate::common::{Sync, cli, cli_async, json as parse};
 use crate::diff::{MAPPING, Row, batch};
 use crate::sync::{
     KEY, assert_no_violations, by_email, emulator_config, outcomes, row, run, sync_for,
@@ -111,13 +111,7 @@ fn confirmed_rows(state_dir: &std::path::Path) -> usize {
 }
 
 fn spawn_run(s: &Sync) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_voyado-sync"))
-        .args(["-q", "run", "-c", s.config().to_str().unwrap()])
-        .env("VOYADO_SYNC_TEST_KEY", KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    crate::common::spawn_run(&s.config(), &[("VOYADO_SYNC_TEST_KEY", KEY)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,6 +269,14 @@ async fn a_slow_api_times_out_with_a_clear_error() {
     );
 }
 
+/// Serves a scripted app on a free loopback port for the rest of the test.
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 /// A server answering what a broken gateway or tenant might: HTML, empty bodies,
 /// truncated JSON, a create without an id.
 async fn garbage_server() -> (SocketAddr, Arc<AtomicUsize>) {
@@ -317,9 +319,7 @@ async fn garbage_server() -> (SocketAddr, Arc<AtomicUsize>) {
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     (addr, creates)
 }
 
@@ -403,9 +403,7 @@ async fn redirects_are_not_followed_to_another_host() {
         let l = location.clone();
         async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, l)]).into_response() }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     let s = Sync::new();
     s.write_config("SELECT * FROM t", "id", "email", "upsert", MAPPING);
     let text = std::fs::read_to_string(s.config()).unwrap();
@@ -490,14 +488,7 @@ async fn the_api_key_never_leaves_the_process() {
         vec!["-vv", "baseline", "-c", &cfg],
         vec!["-vv", "reset", "-c", &cfg],
     ] {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let out = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            cli(&refs, &env)
-        })
-        .await
-        .unwrap();
-        outputs.push(out);
+        outputs.push(cli_async(&args, &env).await);
     }
     // failing runs: a wrong URL, and a key Voyado refuses (shown the secret in the env)
     let text = std::fs::read_to_string(s.config()).unwrap();
@@ -506,14 +497,7 @@ async fn the_api_key_never_leaves_the_process() {
         text.replace(&emu.base_url(), "http://127.0.0.1:1"),
     )
     .unwrap();
-    outputs.push(
-        tokio::task::spawn_blocking({
-            let cfg = cfg.clone();
-            move || cli(&["-vv", "run", "-c", &cfg], &env)
-        })
-        .await
-        .unwrap(),
-    );
+    outputs.push(cli_async(&["-vv", "run", "-c", &cfg], &env).await);
     assert!(
         outputs[2].code == 3,
         "the sync itself ran: {}",
@@ -653,9 +637,7 @@ async fn an_object_store_refusing_the_state_stops_before_sending() {
                 .into_response()
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     let emu = Emulator::start(emulator_config()).await.unwrap();
     let s = sync_for(&emu, "email", "upsert", "");
     let text = std::fs::read_to_string(s.config()).unwrap();
@@ -667,21 +649,18 @@ async fn an_object_store_refusing_the_state_stops_before_sending() {
     s.land(&batch(&rows(3)));
     let cfg = s.config().to_str().unwrap().to_string();
     let endpoint = format!("http://{addr}");
-    let out = tokio::task::spawn_blocking(move || {
-        cli(
-            &["run", "-c", &cfg],
-            &[
-                ("VOYADO_SYNC_TEST_KEY", KEY),
-                ("AWS_ACCESS_KEY_ID", "test"),
-                ("AWS_SECRET_ACCESS_KEY", "test-secret"),
-                ("AWS_REGION", "us-east-1"),
-                ("AWS_ENDPOINT", &endpoint),
-                ("AWS_ALLOW_HTTP", "true"),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let out = cli_async(
+        &["run", "-c", &cfg],
+        &[
+            ("VOYADO_SYNC_TEST_KEY", KEY),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test-secret"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT", &endpoint),
+            ("AWS_ALLOW_HTTP", "true"),
+        ],
+    )
+    .await;
     assert_eq!(out.code, 4, "{}", out.stderr);
     let err = out
         .stderr

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use voyado_sync::emulator::{Deletion, Emulator, EmulatorConfig, Endpoint, Faults};
 
-use crate::common::{Output, Sync, cli, json as parse};
+use crate::common::{Output, Sync, cli, cli_async, json as parse};
 use crate::diff::{MAPPING, Row, batch};
 
 pub const KEY: &str = "test-api-key-7f3a";
@@ -41,15 +41,9 @@ pub fn sync_for(emu: &Emulator, key: &str, mode: &str, extra: &str) -> Sync {
 /// Runs `voyado-sync run --json` without blocking the emulator's runtime.
 pub async fn run(s: &Sync, args: &[&str]) -> Output {
     let cfg = s.config().to_str().unwrap().to_string();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let mut all = vec!["run".to_string(), "--json".into(), "-c".into(), cfg];
-        all.extend(args);
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        cli(&refs, &[("VOYADO_SYNC_TEST_KEY", KEY)])
-    })
-    .await
-    .unwrap()
+    let mut all = vec!["run", "--json", "-c", &cfg];
+    all.extend(args);
+    cli_async(&all, &[("VOYADO_SYNC_TEST_KEY", KEY)]).await
 }
 
 pub fn outcomes(v: &Value) -> [u64; 6] {
@@ -354,14 +348,11 @@ async fn a_rejected_api_key_stops_before_anything_is_sent() {
     let s = sync_for(&emu, "email", "upsert", "");
     s.land(&batch(&[row("a@x.se", 1)]));
     let cfg = s.config().to_str().unwrap().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        cli(
-            &["run", "-c", &cfg],
-            &[("VOYADO_SYNC_TEST_KEY", "wrong-key-123")],
-        )
-    })
-    .await
-    .unwrap();
+    let out = cli_async(
+        &["run", "-c", &cfg],
+        &[("VOYADO_SYNC_TEST_KEY", "wrong-key-123")],
+    )
+    .await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
         out.stderr.contains("API key rejected (401)"),

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array};
-use datafusion::arrow::compute::{cast, take};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{Field, Schema};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -75,8 +75,7 @@ pub fn delta_batch(
             .ok_or_else(|| Error::Internal(format!("staged change set has no column {name}")))
     };
     let indices = UInt32Array::from_iter_values(recorded.iter().map(|(i, _)| *i as u32));
-    let prev_ids = cast(col(state::CONTACT_ID)?, &DataType::Utf8).map_err(err)?;
-    let prev_ids = prev_ids.as_string::<i32>();
+    let prev_ids = crate::diff::string_column(staged, state::CONTACT_ID)?;
     let mut ids = Vec::with_capacity(recorded.len());
     let mut statuses = Vec::with_capacity(recorded.len());
     let mut ops = Vec::with_capacity(recorded.len());
