@@ -571,3 +571,31 @@ fn demo_shows_a_full_then_an_incremental_then_an_empty_sync() {
     assert_eq!(runs[1]["outcomes"]["created"], 5);
     assert_eq!(runs[2]["counts"]["unchanged"], 38);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_bounds_the_time_spent_on_one_request() {
+    let mut c = emulator_config();
+    c.faults = Faults {
+        seed: 1,
+        error_rate: 1.0,
+        ..Faults::default()
+    };
+    let emu = Emulator::start(c).await.unwrap();
+    // 100 retries allowed, but only one second for them: the budget must stop it first.
+    let s = sync_for(
+        &emu,
+        "email",
+        "upsert",
+        "[limits]\nmax_retries = 100\nretry_budget_secs = 1\nretry_initial_backoff_ms = 200\n",
+    );
+    s.land(&batch(&[row("a@x.se", 1)]));
+    let out = run(&s, &[]).await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("gave up after"), "{}", out.stderr);
+    let attempts = emu.requests().endpoint(Endpoint::Lookup);
+    assert!(
+        (2..=6).contains(&attempts),
+        "{attempts} probe attempts in a 1 s budget"
+    );
+    assert!(emu.contacts().is_empty());
+}
