@@ -31,6 +31,19 @@ pub struct ConfigArg {
         default_value = "voyado-sync.toml"
     )]
     pub config: PathBuf,
+    /// Work on one shard of the sync: the rows whose identifier hashes to shard I of N
+    /// (0 <= I < N), with their own state and lock, so N workers can run side by side.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::config::Shard>,
+}
+
+impl ConfigArg {
+    pub fn target(&self) -> crate::config::Target {
+        crate::config::Target {
+            config: self.config.clone(),
+            shard: self.shard,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,12 +1,11 @@
 //! The commands that work on the model and the state without calling Voyado: `check`,
 //! `plan`, `baseline` and `reset`.
 
-use std::path::Path;
 use std::time::Instant;
 
 use datafusion::prelude::SessionContext;
 
-use crate::config::{self, Settings};
+use crate::config::{self, Settings, Target};
 use crate::diff::{self, CHANGED, KIND, NEW, UNCHANGED};
 use crate::error::{Error, Result, df_message};
 use crate::report::{Report, new_run_id};
@@ -21,8 +20,8 @@ pub struct CheckOutcome {
 }
 
 /// Validates everything that can be validated without sending data.
-pub async fn check(config_path: &Path) -> Result<CheckOutcome> {
-    let settings = config::load(config_path)?;
+pub async fn check(target: impl Into<Target>) -> Result<CheckOutcome> {
+    let settings = config::load_target(&target.into())?;
     let mut problems = Vec::new();
     if let Err(p) = settings.destination.api_key.check_available() {
         problems.push(p);
@@ -78,8 +77,8 @@ pub(crate) struct Prepared {
     pub clock: Instant,
 }
 
-pub(crate) async fn prepare(config_path: &Path, create_state: bool) -> Result<Prepared> {
-    let p = prepare_state_only(config_path, create_state).await?;
+pub(crate) async fn prepare(target: &Target, create_state: bool) -> Result<Prepared> {
+    let p = prepare_state_only(target, create_state).await?;
     crate::catalog::register_sources(&p.ctx, &p.settings).await?;
     Ok(p)
 }
@@ -90,6 +89,7 @@ impl Prepared {
             run_id: self.run_id.clone(),
             sync: self.settings.name.clone(),
             command: command.to_string(),
+            shard: self.settings.shard.map(|s| s.to_string()),
             mode: self.settings.mode.as_str().to_string(),
             started_at: self
                 .started
@@ -120,8 +120,8 @@ impl Prepared {
 
 /// A dry run: counts of new / changed / unchanged / deleted / invalid rows. Writes nothing,
 /// calls nothing.
-pub async fn plan(config_path: &Path) -> Result<Report> {
-    let p = prepare(config_path, false).await?;
+pub async fn plan(target: impl Into<Target>) -> Result<Report> {
+    let p = prepare(&target.into(), false).await?;
     let (set, _) = p.change_set(false).await?;
     let summary = diff::summarize(&set).await?;
     tracing::info!(
@@ -137,8 +137,8 @@ pub async fn plan(config_path: &Path) -> Result<Report> {
 
 /// Runs the model alone and discards its output: the floor any change detection is
 /// measured against. Returns (rows, milliseconds).
-pub async fn model_only(config_path: &Path) -> Result<(u64, u64)> {
-    let p = prepare(config_path, false).await?;
+pub async fn model_only(target: impl Into<Target>) -> Result<(u64, u64)> {
+    let p = prepare(&target.into(), false).await?;
     let df = crate::model::plan(&p.ctx, &p.settings).await?;
     let mut stream = df
         .execute_stream()
@@ -155,8 +155,8 @@ pub async fn model_only(config_path: &Path) -> Result<(u64, u64)> {
 
 /// Adopts the model's current valid rows as the snapshot (status delivered), for a
 /// destination that already holds the data. Known contactIds are kept.
-pub async fn baseline(config_path: &Path) -> Result<Report> {
-    let p = prepare(config_path, true).await?;
+pub async fn baseline(target: impl Into<Target>) -> Result<Report> {
+    let p = prepare(&target.into(), true).await?;
     let lock = p
         .state
         .lock(&p.run_id, "baseline", p.settings.lock_stale_secs)
@@ -224,8 +224,8 @@ async fn baseline_locked(p: &Prepared) -> Result<Report> {
 
 /// Computes and stages the change set under the lock, as `run` does before sending; the
 /// staged file's location is returned with the counts.
-pub async fn stage(config_path: &Path) -> Result<(Report, diff::stage::Staged, State)> {
-    let p = prepare(config_path, true).await?;
+pub async fn stage(target: impl Into<Target>) -> Result<(Report, diff::stage::Staged, State)> {
+    let p = prepare(&target.into(), true).await?;
     let lock = p
         .state
         .lock(&p.run_id, "stage", p.settings.lock_stale_secs)
@@ -242,26 +242,79 @@ pub async fn stage(config_path: &Path) -> Result<(Report, diff::stage::Staged, S
     Ok((report, staged, p.state.clone()))
 }
 
-/// Forgets the snapshot so the next run is a full sync.
-pub async fn reset(config_path: &Path) -> Result<bool> {
-    let p = prepare_state_only(config_path, true).await?;
-    let lock = p
-        .state
+/// Forgets the snapshot so the next run is a full sync. Without a shard, every shard's
+/// state is forgotten too (the way to change the number of shards).
+pub async fn reset(target: impl Into<Target>) -> Result<bool> {
+    let target = target.into();
+    let p = open_target(&target, true).await?;
+    let mut existed = reset_one(&p.state, &p).await?;
+    if target.shard.is_none() {
+        for shard in p.state.layout().await?.shards {
+            let mut settings = p.settings.clone();
+            settings.shard = Some(shard);
+            let state = State::open(&p.ctx, &settings, true)?;
+            existed |= reset_one(&state, &p).await?;
+        }
+    }
+    Ok(existed)
+}
+
+async fn reset_one(state: &State, p: &Prepared) -> Result<bool> {
+    let lock = state
         .lock(&p.run_id, "reset", p.settings.lock_stale_secs)
         .await?;
-    let result = p.state.reset().await;
+    let result = state.reset().await;
     let released = lock.release().await;
     let existed = result?;
     released?;
     Ok(existed)
 }
 
+/// Refuses a state split into shards another way than this command's: rows would be
+/// diffed against the wrong snapshot.
+async fn check_layout(p: &Prepared) -> Result<()> {
+    let mut whole = p.settings.clone();
+    whole.shard = None;
+    let layout = State::open(&p.ctx, &whole, false)?.layout().await?;
+    let counts: std::collections::BTreeSet<u32> = layout.shards.iter().map(|s| s.count).collect();
+    let list = |c: &std::collections::BTreeSet<u32>| {
+        c.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    match p.settings.shard {
+        None if !counts.is_empty() => Err(Error::config(format!(
+            "sync {}: its state is split into {} shards; run each with --shard i/n, or run `voyado-sync reset` to go back to one unsharded run (every row is then sent again once)",
+            p.settings.name,
+            list(&counts)
+        ))),
+        Some(s) if layout.unsharded => Err(Error::config(format!(
+            "sync {}: its state is unsharded; running it as shards ({s}) needs `voyado-sync reset` first (every row is then sent again once)",
+            p.settings.name
+        ))),
+        Some(s) if counts.iter().any(|c| *c != s.count) => Err(Error::config(format!(
+            "sync {}: its state is split into {} shards, not {}; changing the number of shards needs `voyado-sync reset` first (every row is then sent again once)",
+            p.settings.name,
+            list(&counts),
+            s.count
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Like `prepare`, without reading the sources (reset and history must work when they are
 /// gone).
-async fn prepare_state_only(config_path: &Path, create_state: bool) -> Result<Prepared> {
+async fn prepare_state_only(target: &Target, create_state: bool) -> Result<Prepared> {
+    let p = open_target(target, create_state).await?;
+    check_layout(&p).await?;
+    Ok(p)
+}
+
+async fn open_target(target: &Target, create_state: bool) -> Result<Prepared> {
     let started = chrono::Utc::now();
     let clock = Instant::now();
-    let settings = config::load(config_path)?;
+    let settings = config::load_target(target)?;
     let ctx = crate::catalog::session(&settings)?;
     let state = State::open(&ctx, &settings, create_state)?;
     Ok(Prepared {
@@ -291,8 +344,8 @@ pub(crate) async fn store_report(p: &Prepared, report: &Report) {
 }
 
 /// Past runs' reports, oldest first.
-pub async fn history(config_path: &Path) -> Result<Vec<serde_json::Value>> {
-    let p = prepare_state_only(config_path, false).await?;
+pub async fn history(target: impl Into<Target>) -> Result<Vec<serde_json::Value>> {
+    let p = prepare_state_only(&target.into(), false).await?;
     p.state.reports().await
 }
 

@@ -45,7 +45,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
         Command::Check { config } => {
-            let outcome = commands::check(&config.config).await?;
+            let outcome = commands::check(config.target()).await?;
             for note in &outcome.notes {
                 eprintln!("note: {note}");
             }
@@ -64,16 +64,16 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             model_only: true,
             ..
         } => {
-            let (rows, ms) = commands::model_only(&config.config).await?;
+            let (rows, ms) = commands::model_only(config.target()).await?;
             println!("{{\"model_rows\": {rows}, \"duration_ms\": {ms}}}");
             Ok(exit::OK)
         }
         Command::Plan { config, json, .. } => {
-            let report = commands::plan(&config.config).await?;
+            let report = commands::plan(config.target()).await?;
             emit(&report, json)
         }
         Command::Baseline { config, json } => {
-            let report = commands::baseline(&config.config).await?;
+            let report = commands::baseline(config.target()).await?;
             emit(&report, json)
         }
         Command::Run {
@@ -86,12 +86,12 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 progress: !cli.quiet && !json,
                 ..Default::default()
             };
-            let result = voyado_sync::runner::run(&config.config, &options).await?;
+            let result = voyado_sync::runner::run(config.target(), &options).await?;
             emit(&result.report, json)?;
             Ok(result.exit_code)
         }
         Command::History { config, json } => {
-            let reports = commands::history(&config.config).await?;
+            let reports = commands::history(config.target()).await?;
             if json {
                 print_json(&reports).map_err(|e| Error::Internal(e.to_string()))?;
             } else if reports.is_empty() {
@@ -105,7 +105,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         }
         Command::Demo { dir } => voyado_sync::demo::demo(dir.as_deref()).await,
         Command::Reset { config } => {
-            let existed = commands::reset(&config.config).await?;
+            let existed = commands::reset(config.target()).await?;
             if existed {
                 println!("state forgotten: the next run sends every row");
             } else {

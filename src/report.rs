@@ -12,6 +12,9 @@ pub struct Report {
     pub run_id: String,
     pub sync: String,
     pub command: String,
+    /// `i/n` when the command worked on one shard of the sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     pub mode: String,
     pub started_at: String,
     pub duration_ms: u64,
@@ -42,9 +45,13 @@ impl Report {
     pub fn render(&self) -> String {
         let c = &self.counts;
         let mut out = format!(
-            "{} {} (mode {}, run {})\n  new        {:>10}\n  changed    {:>10}\n  unchanged  {:>10}\n  deleted    {:>10}\n  invalid    {:>10}\n",
+            "{} {}{} (mode {}, run {})\n  new        {:>10}\n  changed    {:>10}\n  unchanged  {:>10}\n  deleted    {:>10}\n  invalid    {:>10}\n",
             self.command,
             self.sync,
+            self.shard
+                .as_ref()
+                .map(|s| format!(" shard {s}"))
+                .unwrap_or_default(),
             self.mode,
             self.run_id,
             c.new,

@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -15,12 +15,14 @@ use object_store::buffered::BufWriter;
 
 use crate::commands::{Prepared, prepare, store_report};
 use crate::config::Settings;
+use crate::config::{Api, Target};
 use crate::diff::stage::{CHANGED_COLUMNS, Staged, stage};
 use crate::diff::{
     self, CHANGED, DELETED, KIND, KNOWN_CONTACT_ID, NEW, PREV_STATUS, Sample, string_column,
 };
 use crate::error::{Error, Result, df_message, exit};
 use crate::report::Report;
+use crate::sink::voyado::bulk::{self, BulkPlanner};
 use crate::sink::voyado::encode::ColumnEncoder;
 use crate::sink::voyado::outcome::delta_batch;
 use crate::sink::voyado::rows::{Job, Planner};
@@ -45,8 +47,8 @@ pub struct RunResult {
     pub exit_code: u8,
 }
 
-pub async fn run(config_path: &Path, options: &RunOptions) -> Result<RunResult> {
-    let p = prepare(config_path, true).await?;
+pub async fn run(target: impl Into<Target>, options: &RunOptions) -> Result<RunResult> {
+    let p = prepare(&target.into(), true).await?;
     let api_key = ApiKey::read(&p.settings)?;
     let lock = p
         .state
@@ -260,38 +262,62 @@ async fn send(
     let rejected_rel = format!("reports/{}.rejected.parquet", p.run_id);
     let mut progress = Progress::new(total, options.progress);
 
-    // Rows go out in chunks no larger than a checkpoint, so a checkpoint never waits for a
-    // whole (possibly huge) staged batch.
-    let chunk = (s.limits.checkpoint_rows as usize).clamp(s.limits.concurrency as usize * 2, 2048);
-    while let Some(whole) = stream.next().await {
-        let whole = whole.map_err(df_err("reading the staged change set"))?;
-        let mut offset = 0;
-        while offset < whole.num_rows() {
-            let len = chunk.min(whole.num_rows() - offset);
-            let batch = whole.slice(offset, len);
-            offset += len;
+    // Rows go out in chunks no larger than a checkpoint (so a checkpoint never waits for a
+    // whole, possibly huge, staged batch), or a few whole bulk batches.
+    let chunk = match s.api {
+        Api::Single => {
+            (s.limits.checkpoint_rows as usize).clamp(s.limits.concurrency as usize * 2, 2048)
+        }
+        Api::Bulk => s.bulk.batch_size * bulk::IN_FLIGHT,
+    };
+    let bulk = BulkPlanner {
+        client,
+        mode: s.mode,
+        key: s.key,
+        settings: s.bulk,
+    };
+    let schema = stream.schema();
+    let mut buffered: Vec<RecordBatch> = Vec::new();
+    let mut buffered_rows = 0usize;
+    let mut ended = false;
+    while !ended {
+        match stream.next().await {
+            Some(b) => {
+                let b = b.map_err(df_err("reading the staged change set"))?;
+                buffered_rows += b.num_rows();
+                buffered.push(b);
+            }
+            None => ended = true,
+        }
+        while buffered_rows >= chunk || (ended && buffered_rows > 0) {
+            let all = concat_batches(&schema, &buffered)
+                .map_err(|e| Error::Internal(format!("staged rows: {e}")))?;
+            let len = chunk.min(all.num_rows());
+            let batch = all.slice(0, len);
+            let rest = all.slice(len, all.num_rows() - len);
+            buffered_rows = rest.num_rows();
+            buffered = if buffered_rows > 0 {
+                vec![rest]
+            } else {
+                Vec::new()
+            };
+
             let (mut results, jobs) = jobs(&batch, &attrs)?;
-            let planner = &planner;
-            let done: Vec<(usize, String, Outcome)> = futures::stream::iter(jobs)
-                .map(|(i, job)| async move {
-                    let o = planner.process(&job).await;
-                    (i, job.identifier, o)
-                })
-                .buffer_unordered(s.limits.concurrency as usize)
-                .map(|(i, identifier, o)| {
-                    match &o {
-                        Outcome::Rejected(r) => {
-                            tracing::error!(identifier = %identifier, reason = %r, "row rejected")
-                        }
-                        Outcome::Failed(r) => {
-                            tracing::error!(identifier = %identifier, reason = %r, "row failed")
-                        }
-                        _ => {}
+            let done = match s.api {
+                Api::Single => single(&planner, jobs, s.limits.concurrency as usize).await,
+                Api::Bulk => bulk.process(jobs).await,
+            };
+            for (_, identifier, o) in &done {
+                match o {
+                    Outcome::Rejected(r) => {
+                        tracing::error!(identifier = %identifier, reason = %r, "row rejected")
                     }
-                    (i, identifier, o)
-                })
-                .collect()
-                .await;
+                    Outcome::Failed(r) => {
+                        tracing::error!(identifier = %identifier, reason = %r, "row failed")
+                    }
+                    _ => {}
+                }
+            }
 
             let mut rejected_ids = Vec::new();
             let mut rejected_reasons = Vec::new();
@@ -357,6 +383,22 @@ async fn send(
     }
     progress.finish();
     Ok(Sent { outcomes, samples })
+}
+
+/// Sends each job through the single-contact API, `concurrency` rows at a time.
+async fn single(
+    planner: &Planner<'_>,
+    jobs: Vec<(usize, Job)>,
+    concurrency: usize,
+) -> Vec<(usize, String, Outcome)> {
+    futures::stream::iter(jobs)
+        .map(|(i, job)| async move {
+            let o = planner.process(&job).await;
+            (i, job.identifier, o)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
 }
 
 /// The rows of one staged chunk as sink jobs: (row, job) for new and changed rows, and

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 pub use validate::{
-    ApiKeySource, AttributeMapping, DestinationSettings, Key, Limits, Location, Mode, Settings,
-    Thresholds,
+    Api, ApiKeySource, AttributeMapping, BulkSettings, DestinationSettings, Key, Limits, Location,
+    Mode, Settings, Thresholds,
 };
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +146,34 @@ pub struct SyncConfig {
     pub checkpoint_rows: u64,
     #[serde(default = "default_checkpoint_secs")]
     pub checkpoint_secs: u64,
+    /// `single` (one request per contact) or `bulk` (Voyado's bulk endpoints).
+    #[serde(default = "default_api")]
+    pub api: String,
+    /// Items per bulk request; Voyado's documented maximum is 4000.
+    #[serde(default = "default_bulk_batch_size")]
+    pub bulk_batch_size: u32,
+    /// A bulk batch not reported finished within this time leaves its rows unconfirmed.
+    #[serde(default = "default_bulk_timeout_secs")]
+    pub bulk_timeout_secs: u64,
+    /// First wait before polling a bulk batch's status; later waits grow to 30 s.
+    #[serde(default = "default_bulk_poll_interval_ms")]
+    pub bulk_poll_interval_ms: u64,
+}
+
+fn default_api() -> String {
+    "single".to_string()
+}
+
+fn default_bulk_batch_size() -> u32 {
+    4000
+}
+
+fn default_bulk_timeout_secs() -> u64 {
+    1800
+}
+
+fn default_bulk_poll_interval_ms() -> u64 {
+    1000
 }
 
 fn default_checkpoint_rows() -> u64 {
@@ -224,6 +252,67 @@ fn default_concurrency() -> u32 {
 }
 fn default_memory_limit_mb() -> u64 {
     2048
+}
+
+/// One worker's part of a sharded sync (`--shard i/n`): the rows whose identifier's
+/// [`crate::identity::shard`] is `index` among `count` shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// The most shards a sync may be split into.
+pub const MAX_SHARDS: u32 = 1024;
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Shard, String> {
+        let bad =
+            || format!("--shard {s:?}: expected i/n with 0 <= i < n <= {MAX_SHARDS}, e.g. 0/3");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: u32 = i.trim().parse().map_err(|_| bad())?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || count > MAX_SHARDS || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// What a command works on: a config file and, for a sharded sync, the worker's shard.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub config: PathBuf,
+    pub shard: Option<Shard>,
+}
+
+impl From<&Path> for Target {
+    fn from(p: &Path) -> Target {
+        Target {
+            config: p.to_path_buf(),
+            shard: None,
+        }
+    }
+}
+
+impl From<&PathBuf> for Target {
+    fn from(p: &PathBuf) -> Target {
+        Target::from(p.as_path())
+    }
+}
+
+/// Loads the target's config and applies its shard.
+pub fn load_target(target: &Target) -> Result<Settings> {
+    let mut settings = load(&target.config)?;
+    settings.shard = target.shard;
+    Ok(settings)
 }
 
 /// Reads and validates a configuration file; every problem found is one line of the error.

@@ -26,6 +26,9 @@ pub struct Settings {
     /// Mapped columns, sorted by attribute name (the order the row hash uses).
     pub attributes: Vec<AttributeMapping>,
     pub mode: Mode,
+    /// Which Voyado endpoints carry the rows.
+    pub api: Api,
+    pub bulk: BulkSettings,
     /// Base state location; this sync's state lives under `<state>/<name>/`.
     pub state: Location,
     pub lock_stale_secs: u64,
@@ -35,6 +38,8 @@ pub struct Settings {
     pub storage: Vec<(String, Vec<(String, String)>)>,
     /// Non-fatal findings, shown by `check`.
     pub notes: Vec<String>,
+    /// Set by `--shard i/n`: this worker's rows only, with their own state and lock.
+    pub shard: Option<super::Shard>,
 }
 
 impl Settings {
@@ -121,6 +126,23 @@ impl Mode {
         }
     }
 }
+
+/// Which Voyado endpoints carry the rows: one request per contact, or bulk batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Single,
+    Bulk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkSettings {
+    pub batch_size: usize,
+    pub timeout: std::time::Duration,
+    pub poll_interval: std::time::Duration,
+}
+
+/// Voyado's documented maximum number of items in one bulk request.
+pub const MAX_BULK_BATCH: u32 = 4000;
 
 /// How rows are matched to Voyado contacts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -445,6 +467,28 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
             None
         }
     };
+    let api = match config.sync.api.as_str() {
+        "single" => Some(Api::Single),
+        "bulk" => Some(Api::Bulk),
+        other => {
+            problems.push(format!(
+                "[sync] api: {other:?} is not one of \"single\", \"bulk\""
+            ));
+            None
+        }
+    };
+    if !(1..=MAX_BULK_BATCH).contains(&config.sync.bulk_batch_size) {
+        problems.push(format!(
+            "[sync] bulk_batch_size: {} is not between 1 and {MAX_BULK_BATCH} (Voyado's maximum per bulk request)",
+            config.sync.bulk_batch_size
+        ));
+    }
+    if config.sync.bulk_timeout_secs == 0 {
+        problems.push("[sync] bulk_timeout_secs: must be at least 1".to_string());
+    }
+    if config.sync.bulk_poll_interval_ms == 0 {
+        problems.push("[sync] bulk_poll_interval_ms: must be at least 1".to_string());
+    }
     let state = match Location::parse(&config.sync.state, dir) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -468,6 +512,12 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
             ))
         }
         _ => {}
+    }
+    if let (Some(k @ (Key::ContactId | Key::MemberNumber)), Some(Api::Bulk)) = (key, api) {
+        problems.push(format!(
+            "[sync] api: \"bulk\" cannot be used with [identifier] key {}: bulk items are matched by the contact type's key attribute (email, mobilePhone, externalId or socialSecurityNumber); use api \"single\"",
+            k.as_str()
+        ));
     }
     if config.identifier.column.trim().is_empty() {
         problems.push("[identifier] column: is empty".to_string());
@@ -655,8 +705,8 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
     if !problems.is_empty() {
         return Err(Error::Config(problems));
     }
-    let (Some(url), Some(api_key), Some(mode), Some(state), Some(key)) =
-        (url, api_key, mode, state, key)
+    let (Some(url), Some(api_key), Some(mode), Some(state), Some(key), Some(api)) =
+        (url, api_key, mode, state, key, api)
     else {
         return Err(Error::Internal(
             "config validation passed without all values".into(),
@@ -680,6 +730,12 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
         key,
         attributes,
         mode,
+        api,
+        bulk: BulkSettings {
+            batch_size: config.sync.bulk_batch_size as usize,
+            timeout: std::time::Duration::from_secs(config.sync.bulk_timeout_secs),
+            poll_interval: std::time::Duration::from_millis(config.sync.bulk_poll_interval_ms),
+        },
         state,
         lock_stale_secs: config.sync.lock_stale_secs,
         limits: Limits {
@@ -702,5 +758,6 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
         },
         storage,
         notes,
+        shard: None,
     })
 }

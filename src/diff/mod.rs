@@ -136,11 +136,22 @@ pub async fn plan(
     };
     // The row hash is computed here, before the duplicate check, so that a plan that needs
     // only counts sorts narrow rows (DataFusion prunes the unused value columns).
+    let raw = format!("CAST({id} AS VARCHAR)");
+    let norm = format!("{}({raw}, '{key}')", identity::udf::NORMALIZE);
+    // A shard keeps the rows whose normalised identifier hashes to it; rows without one
+    // (invalid) go by their raw value, so every row lands in exactly one shard.
+    let shard_filter = match settings.shard {
+        Some(s) => format!(
+            " WHERE {}(COALESCE({norm}, {raw}, ''), {}) = {}",
+            identity::udf::SHARD,
+            s.count,
+            s.index
+        ),
+        None => String::new(),
+    };
     let sql = format!(
-        "SELECT {raw} AS {RAW_IDENTIFIER}, {norm}({raw}, '{key}') AS {ident}, {known} AS {KNOWN_CONTACT_ID}, \
-           {model_hash} AS {row_hash}, {values} FROM __vs_model_src",
-        raw = format!("CAST({id} AS VARCHAR)"),
-        norm = identity::udf::NORMALIZE,
+        "SELECT {raw} AS {RAW_IDENTIFIER}, {norm} AS {ident}, {known} AS {KNOWN_CONTACT_ID}, \
+           {model_hash} AS {row_hash}, {values} FROM __vs_model_src{shard_filter}",
         ident = state::IDENTIFIER,
         row_hash = state::ROW_HASH,
     );

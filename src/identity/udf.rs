@@ -10,12 +10,13 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::{bucket, normalize, problem};
+use super::{bucket, normalize, problem, shard};
 use crate::config::Key;
 
 pub const NORMALIZE: &str = "voyado_normalize_id";
 pub const PROBLEM: &str = "voyado_id_problem";
 pub const BUCKET: &str = "voyado_bucket";
+pub const SHARD: &str = "voyado_shard";
 
 /// All identity UDFs, for registration on a session.
 pub fn all() -> Vec<ScalarUDF> {
@@ -23,11 +24,12 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(IdUdf::new(NORMALIZE)),
         ScalarUDF::from(IdUdf::new(PROBLEM)),
         ScalarUDF::from(IdUdf::new(BUCKET)),
+        ScalarUDF::from(IdUdf::new(SHARD)),
     ]
 }
 
 /// `voyado_normalize_id(value, 'key')`, `voyado_id_problem(normalized, 'key')` and
-/// `voyado_bucket(normalized, n)`; one struct because they share argument handling.
+/// `voyado_bucket(normalized, n)` / `voyado_shard(normalized, n)`; one struct because they share argument handling.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct IdUdf {
     name: &'static str,
@@ -83,7 +85,7 @@ impl ScalarUDFImpl for IdUdf {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(if self.name == BUCKET {
+        Ok(if self.name == BUCKET || self.name == SHARD {
             DataType::UInt32
         } else {
             DataType::Utf8
@@ -96,11 +98,12 @@ impl ScalarUDFImpl for IdUdf {
         let input = to_utf8(&input)?;
         let strings = input.as_string::<i32>();
         let out: ArrayRef = match self.name {
-            BUCKET => {
+            BUCKET | SHARD => {
                 let n = scalar_u32(&args.args[1])?;
+                let f = if self.name == BUCKET { bucket } else { shard };
                 let mut b = UInt32Builder::with_capacity(rows);
                 for v in strings.iter() {
-                    b.append_value(v.map_or(0, |s| bucket(s, n)));
+                    b.append_value(v.map_or(0, |s| f(s, n)));
                 }
                 Arc::new(b.finish())
             }

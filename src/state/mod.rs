@@ -69,7 +69,11 @@ impl State {
     /// sync named in `settings`.
     /// With `create` false (read-only commands), a missing local folder is not created.
     pub fn open(ctx: &SessionContext, settings: &Settings, create: bool) -> Result<State> {
-        let sync = settings.name.clone();
+        // A shard's state is a sync of its own one level down, with its own lock.
+        let sync = match settings.shard {
+            Some(s) => format!("{}/{}", settings.name, shard_dir(s)),
+            None => settings.name.clone(),
+        };
         match &settings.state {
             Location::Local(base) => {
                 let dir = base.join(&sync);
@@ -457,6 +461,54 @@ impl State {
                 tracing::debug!(file = %p, error = %one_line(&e), "could not remove an old state file");
             }
         }
+    }
+}
+
+/// The folder of a shard's state under the sync's: `shard-<i>-of-<n>`.
+pub fn shard_dir(s: crate::config::Shard) -> String {
+    format!("shard-{}-of-{}", s.index, s.count)
+}
+
+/// How a sync's state is laid out now: an unsharded snapshot, and the shards that have one.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub unsharded: bool,
+    pub shards: Vec<crate::config::Shard>,
+}
+
+impl State {
+    /// Reads the layout of the sync's whole state (opened unsharded), so a sharded run can
+    /// refuse a state split another way.
+    pub async fn layout(&self) -> Result<Layout> {
+        let mut layout = Layout {
+            unsharded: self.manifest().await?.is_some(),
+            shards: Vec::new(),
+        };
+        let listed = match self.store.list_with_delimiter(Some(&self.prefix)).await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(layout),
+            Err(e) => return Err(storage("listing shard states", &e)),
+        };
+        for dir in listed.common_prefixes {
+            let Some(name) = dir.filename() else { continue };
+            let Some((i, n)) = name
+                .strip_prefix("shard-")
+                .and_then(|r| r.split_once("-of-"))
+            else {
+                continue;
+            };
+            let (Ok(index), Ok(count)) = (i.parse(), n.parse()) else {
+                continue;
+            };
+            let manifest = dir.clone().join("manifest.json");
+            match self.store.head(&manifest).await {
+                Ok(_) => layout.shards.push(crate::config::Shard { index, count }),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(storage("reading a shard's manifest", &e)),
+            }
+        }
+        layout.shards.sort_by_key(|s| (s.count, s.index));
+        Ok(layout)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The one integration-test binary (each extra test binary would relink DataFusion).
 
+mod bulk;
 mod cli;
 mod common;
 mod diff;

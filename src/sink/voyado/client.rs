@@ -10,6 +10,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use serde::Serialize;
 
+use super::bulk_api::{self, BatchState};
 use super::rate::Pacer;
 use super::retry::{Backoff, RetryAction, classify_status, classify_transport, parse_retry_after};
 use crate::config::{Key, Settings};
@@ -63,6 +64,29 @@ pub struct RequestCounts {
     pub lookup: BTreeMap<String, u64>,
     pub create: BTreeMap<String, u64>,
     pub update: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub bulk_create: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub bulk_update: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub bulk_status: BTreeMap<String, u64>,
+}
+
+impl RequestCounts {
+    /// Every request made, whatever its answer.
+    pub fn total(&self) -> u64 {
+        [
+            &self.lookup,
+            &self.create,
+            &self.update,
+            &self.bulk_create,
+            &self.bulk_update,
+            &self.bulk_status,
+        ]
+        .iter()
+        .flat_map(|m| m.values())
+        .sum()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +94,9 @@ enum Endpoint {
     Lookup,
     Create,
     Update,
+    BulkCreate,
+    BulkUpdate,
+    BulkStatus,
 }
 
 /// An HTTP answer worth interpreting.
@@ -111,6 +138,15 @@ pub enum Create {
 pub enum Update {
     Updated,
     NotFound,
+    Rejected(String),
+    Failed(String),
+}
+
+/// The answer to a bulk write: accepted (with its batch id) or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submit {
+    Accepted(String),
+    /// Refused as a whole (4xx): the reason applies to every item.
     Rejected(String),
     Failed(String),
 }
@@ -250,6 +286,9 @@ impl Client {
                 Endpoint::Lookup => &mut c.lookup,
                 Endpoint::Create => &mut c.create,
                 Endpoint::Update => &mut c.update,
+                Endpoint::BulkCreate => &mut c.bulk_create,
+                Endpoint::BulkUpdate => &mut c.bulk_update,
+                Endpoint::BulkStatus => &mut c.bulk_status,
             };
             *m.entry(what.to_string()).or_default() += 1;
         }
@@ -454,6 +493,69 @@ impl Client {
             Sent::Answer(a) if matches!(a.status, 401 | 403) => Update::Failed(reason(&a)),
             Sent::Answer(a) => Update::Rejected(reason(&a)),
             Sent::Unknown(r) | Sent::Failed(r) => Update::Failed(r),
+        }
+    }
+}
+
+impl Client {
+    /// Submits one bulk batch (`create`: POST, else PATCH) of flat objects as a JSON array.
+    ///
+    /// Items are matched by key, so repeating a batch whose answer was lost cannot create a
+    /// contact twice: already-created items come back as existing. Bulk writes are
+    /// therefore retried like updates.
+    pub async fn bulk_submit(&self, create: bool, body: &str) -> Submit {
+        let url = format!(
+            "{}{}?contactType={}",
+            self.base,
+            bulk_api::BULK_PATH,
+            encode(&self.contact_type)
+        );
+        let (ep, method) = if create {
+            (Endpoint::BulkCreate, reqwest::Method::POST)
+        } else {
+            (Endpoint::BulkUpdate, reqwest::Method::PATCH)
+        };
+        let sent = self
+            .send(ep, true, || {
+                self.http
+                    .request(method.clone(), &url)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.to_string())
+            })
+            .await;
+        match sent {
+            Sent::Answer(a) if (200..300).contains(&a.status) => {
+                match bulk_api::parse_batch_id(&a.body) {
+                    Some(id) => Submit::Accepted(id),
+                    None => Submit::Failed(format!(
+                        "bulk call answered {} without a batch id: {}",
+                        a.status,
+                        truncate(&a.body)
+                    )),
+                }
+            }
+            Sent::Answer(a) if matches!(a.status, 401 | 403) => Submit::Failed(reason(&a)),
+            Sent::Answer(a) => Submit::Rejected(reason(&a)),
+            Sent::Unknown(r) | Sent::Failed(r) => Submit::Failed(r),
+        }
+    }
+
+    /// Reads a bulk batch's status once. Errors (transport, an unknown batch, an answer
+    /// that cannot be read) are reasons to leave the batch's rows unconfirmed.
+    pub async fn bulk_status(&self, batch_id: &str) -> std::result::Result<BatchState, String> {
+        let url = format!(
+            "{}{}?batchId={}",
+            self.base,
+            bulk_api::STATUS_PATH,
+            encode(batch_id)
+        );
+        match self
+            .send(Endpoint::BulkStatus, true, || self.http.get(&url))
+            .await
+        {
+            Sent::Answer(a) if a.status == 200 => bulk_api::parse_status(&a.body),
+            Sent::Answer(a) => Err(format!("status of batch {batch_id}: {}", reason(&a))),
+            Sent::Unknown(r) | Sent::Failed(r) => Err(format!("status of batch {batch_id}: {r}")),
         }
     }
 }

@@ -12,8 +12,9 @@ use crate::state;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Created(String),
-    Updated(String),
+    /// Created; the contactId when the answer carried one (bulk answers do not).
+    Created(Option<String>),
+    Updated(Option<String>),
     /// Nothing to send; the snapshot takes the row's current values.
     Skipped(Option<String>),
     NotFound,
@@ -84,10 +85,11 @@ pub fn delta_batch(
             .is_valid(*i)
             .then(|| prev_ids.value(*i).to_string());
         let (id, status, op) = match o {
-            Outcome::Created(id) | Outcome::Updated(id) => {
-                (Some(id.clone()), state::DELIVERED, "upsert")
+            // A new contact: an id it had before belonged to a contact since deleted.
+            Outcome::Created(id) => (id.clone(), state::DELIVERED, "upsert"),
+            Outcome::Updated(id) | Outcome::Skipped(id) => {
+                (id.clone().or(prev), state::DELIVERED, "upsert")
             }
-            Outcome::Skipped(id) => (id.clone().or(prev), state::DELIVERED, "upsert"),
             Outcome::NotFound => (None, state::NOT_FOUND, "upsert"),
             Outcome::Rejected(_) => (prev, state::REJECTED, "upsert"),
             Outcome::Deleted => (prev, state::DELIVERED, "delete"),

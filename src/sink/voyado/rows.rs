@@ -47,7 +47,7 @@ impl Planner<'_> {
                 return Outcome::Skipped(Some(job.identifier.clone()));
             }
             return match self.client.update(&job.identifier, &body(payload)).await {
-                Update::Updated => Outcome::Updated(job.identifier.clone()),
+                Update::Updated => Outcome::Updated(Some(job.identifier.clone())),
                 Update::NotFound => Outcome::NotFound,
                 Update::Rejected(r) => Outcome::Rejected(r),
                 Update::Failed(r) => Outcome::Failed(r),
@@ -69,7 +69,7 @@ impl Planner<'_> {
             return Outcome::Skipped(Some(id));
         }
         match self.client.update(&id, &body(payload)).await {
-            Update::Updated => Outcome::Updated(id),
+            Update::Updated => Outcome::Updated(Some(id)),
             Update::Rejected(r) => Outcome::Rejected(r),
             Update::Failed(r) => Outcome::Failed(r),
             // Deleted in Voyado since we learnt its id: find it again, or recreate it.
@@ -87,7 +87,7 @@ impl Planner<'_> {
             return Outcome::Skipped(Some(id));
         }
         match self.client.update(&id, &body(&job.full)).await {
-            Update::Updated => Outcome::Updated(id),
+            Update::Updated => Outcome::Updated(Some(id)),
             Update::NotFound => {
                 Outcome::Failed(format!("contact {id} disappeared while being updated"))
             }
@@ -115,7 +115,7 @@ impl Planner<'_> {
         let mut last = String::new();
         for _ in 0..CREATE_ATTEMPTS {
             match self.client.create(&create_body).await {
-                Create::Created(Some(id)) => return Outcome::Created(id),
+                Create::Created(Some(id)) => return Outcome::Created(Some(id)),
                 Create::Rejected(r) => return Outcome::Rejected(r),
                 Create::Failed(r) => return Outcome::Failed(r),
                 // Exists (another writer, or our own earlier create whose answer was lost):
@@ -131,7 +131,7 @@ impl Planner<'_> {
                 // Created, but the answer carries no id: find it, never create again.
                 Create::Created(None) => {
                     return match self.client.lookup(&job.identifier).await {
-                        Lookup::Found(id) => Outcome::Created(id),
+                        Lookup::Found(id) => Outcome::Created(Some(id)),
                         Lookup::NotFound => Outcome::Failed(
                             "create answered 2xx without an id, and a lookup cannot find the contact".to_string(),
                         ),
@@ -143,9 +143,7 @@ impl Planner<'_> {
                 Create::Unknown(why) => match self.client.lookup(&job.identifier).await {
                     Lookup::Found(id) => {
                         return match self.update_full(job, id).await {
-                            Outcome::Updated(id) | Outcome::Skipped(Some(id)) => {
-                                Outcome::Created(id)
-                            }
+                            Outcome::Updated(id) | Outcome::Skipped(id) => Outcome::Created(id),
                             other => other,
                         };
                     }

@@ -1,0 +1,264 @@
+//! The bulk path: rows go out as bulk batches of flat items matched by key, each batch is
+//! polled until Voyado reports it finished, and only then do its rows get outcomes.
+//!
+//! Per row the decisions mirror the single path ([`super::rows`]): new rows are created
+//! (UPSERT) or updated with every value (UPDATE), changed rows are updated with their
+//! changed values only. Items a create batch reports as existing are updated with every
+//! value; items an update batch reports as unknown are created (UPSERT) or end not_found
+//! (UPDATE). A batch that fails, cannot be read, or does not finish in time leaves its rows
+//! failed (unconfirmed), so the next run sends them again: resending is harmless because
+//! items are keyed.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use super::bulk_api::{BatchState, ItemError};
+use super::client::{Client, Submit};
+use super::encode::object;
+use super::outcome::Outcome;
+use super::rows::Job;
+use crate::config::{BulkSettings, Key, Mode};
+
+/// Batches in flight at once. Each holds up to 4000 encoded items, so this bounds memory
+/// as much as it bounds load on the tenant.
+pub const IN_FLIGHT: usize = 4;
+/// The longest wait between two status polls of one batch.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
+
+pub struct BulkPlanner<'a> {
+    pub client: &'a Client,
+    pub mode: Mode,
+    pub key: Key,
+    pub settings: BulkSettings,
+}
+
+/// Which bulk call an item goes through, and what success means for its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// A row new to the snapshot, created (UPSERT).
+    Create,
+    /// A row updated with the values it carries.
+    Update,
+    /// Second round: a create that found the contact existing, now updated with every value.
+    UpdateExisting,
+    /// Second round: an update of a contact Voyado no longer has, now created (UPSERT).
+    Recreate,
+}
+
+impl Call {
+    fn create(self) -> bool {
+        matches!(self, Call::Create | Call::Recreate)
+    }
+}
+
+/// What one item of a finished (or failed) batch came to.
+#[derive(Debug)]
+enum ItemResult {
+    Applied,
+    Error(ItemError),
+    /// The whole batch: not confirmed, sent again next run.
+    Failed(String),
+    /// The whole batch refused: permanent.
+    Rejected(String),
+}
+
+impl BulkPlanner<'_> {
+    /// Outcomes for `jobs` (row index, job): (row index, identifier, outcome).
+    pub async fn process(&self, jobs: Vec<(usize, Job)>) -> Vec<(usize, String, Outcome)> {
+        let mut done = Vec::with_capacity(jobs.len());
+        let mut first: Vec<(usize, Call)> = Vec::new();
+        for (n, (_, job)) in jobs.iter().enumerate() {
+            if !job.as_new && job.changed.is_empty() {
+                done.push((n, Outcome::Skipped(job.contact_id.clone())));
+            } else if job.as_new && self.mode == Mode::Upsert {
+                first.push((n, Call::Create));
+            } else {
+                first.push((n, Call::Update));
+            }
+        }
+        let mut second: Vec<(usize, Call)> = Vec::new();
+        for (n, call, result) in self.round(&jobs, first).await {
+            let job = &jobs[n].1;
+            let outcome = match (call, result) {
+                (_, ItemResult::Applied) => Some(applied(call, job)),
+                (Call::Create, ItemResult::Error(e)) if e.exists() => {
+                    second.push((n, Call::UpdateExisting));
+                    None
+                }
+                (Call::Update, ItemResult::Error(e)) if e.not_found() => {
+                    if self.mode == Mode::Upsert {
+                        second.push((n, Call::Recreate));
+                        None
+                    } else {
+                        Some(Outcome::NotFound)
+                    }
+                }
+                (_, other) => Some(failure(other)),
+            };
+            if let Some(o) = outcome {
+                done.push((n, o));
+            }
+        }
+        for (n, call, result) in self.round(&jobs, second).await {
+            let job = &jobs[n].1;
+            let outcome = match result {
+                ItemResult::Applied => applied(call, job),
+                // Created or deleted by someone else between the two rounds: try next run.
+                ItemResult::Error(e) if e.exists() || e.not_found() => Outcome::Failed(format!(
+                    "contact changed in Voyado while being written ({})",
+                    e.reason()
+                )),
+                other => failure(other),
+            };
+            done.push((n, outcome));
+        }
+        done.into_iter()
+            .map(|(n, o)| {
+                let (row, job) = &jobs[n];
+                (*row, job.identifier.clone(), o)
+            })
+            .collect()
+    }
+
+    /// Sends `items` (job position, call) in batches of at most `batch_size` per call kind,
+    /// a few batches at a time, and returns one result per item.
+    async fn round(
+        &self,
+        jobs: &[(usize, Job)],
+        items: Vec<(usize, Call)>,
+    ) -> Vec<(usize, Call, ItemResult)> {
+        let mut batches = Vec::new();
+        for call in [
+            Call::Create,
+            Call::Update,
+            Call::UpdateExisting,
+            Call::Recreate,
+        ] {
+            let positions: Vec<usize> = items
+                .iter()
+                .filter(|(_, c)| *c == call)
+                .map(|(n, _)| *n)
+                .collect();
+            for chunk in positions.chunks(self.settings.batch_size) {
+                batches.push((call, chunk.to_vec()));
+            }
+        }
+        futures::stream::iter(batches)
+            .map(|(call, positions)| async move {
+                let results = self.batch(jobs, call, &positions).await;
+                positions
+                    .into_iter()
+                    .zip(results)
+                    .map(|(n, r)| (n, call, r))
+                    .collect::<Vec<_>>()
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await
+    }
+
+    /// One bulk call and its polling: a result for each of `positions`, in order.
+    async fn batch(
+        &self,
+        jobs: &[(usize, Job)],
+        call: Call,
+        positions: &[usize],
+    ) -> Vec<ItemResult> {
+        let items: Vec<String> = positions
+            .iter()
+            .map(|n| self.item(&jobs[*n].1, call))
+            .collect();
+        let body = format!("[{}]", items.join(","));
+        drop(items);
+        let all = |r: &dyn Fn() -> ItemResult| positions.iter().map(|_| r()).collect();
+        let batch_id = match self.client.bulk_submit(call.create(), &body).await {
+            Submit::Accepted(id) => id,
+            Submit::Rejected(r) => return all(&|| ItemResult::Rejected(r.clone())),
+            Submit::Failed(r) => return all(&|| ItemResult::Failed(r.clone())),
+        };
+        drop(body);
+        tracing::debug!(batch = %batch_id, items = positions.len(), create = call.create(), "bulk batch accepted");
+        let errors = match self.wait(&batch_id).await {
+            Ok(errors) => errors,
+            Err(r) => return all(&|| ItemResult::Failed(r.clone())),
+        };
+        let mut results: Vec<ItemResult> = positions.iter().map(|_| ItemResult::Applied).collect();
+        for e in errors {
+            let at = e.index.filter(|i| *i < positions.len()).or_else(|| {
+                let key = e.key.as_deref()?;
+                positions
+                    .iter()
+                    .position(|n| jobs[*n].1.identifier.eq_ignore_ascii_case(key.trim()))
+            });
+            match at {
+                Some(i) => results[i] = ItemResult::Error(e),
+                // An error the batch cannot tie to an item: no item can be confirmed.
+                None => {
+                    let r = format!(
+                        "batch {batch_id} reported an error for no identifiable item ({})",
+                        e.reason()
+                    );
+                    return all(&|| ItemResult::Failed(r.clone()));
+                }
+            }
+        }
+        results
+    }
+
+    /// The flat item: the key attribute plus every value (new rows, second rounds) or the
+    /// changed values (changed rows), empty values already left out by the encoder.
+    fn item(&self, job: &Job, call: Call) -> String {
+        let values = if job.as_new || call != Call::Update {
+            &job.full
+        } else {
+            &job.changed
+        };
+        let mut pairs: Vec<(&str, String)> = Vec::with_capacity(values.len() + 1);
+        pairs.push((
+            self.key.as_str(),
+            serde_json::to_string(&job.identifier).unwrap_or_default(),
+        ));
+        pairs.extend(values.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        object(&pairs)
+    }
+
+    /// Polls a batch with growing waits until it finishes, fails, or runs out of time.
+    async fn wait(&self, batch_id: &str) -> Result<Vec<ItemError>, String> {
+        let started = Instant::now();
+        let mut wait = self.settings.poll_interval;
+        loop {
+            let left = self.settings.timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(format!(
+                    "batch {batch_id} did not finish within {} s (bulk_timeout_secs)",
+                    self.settings.timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(wait.min(left)).await;
+            match self.client.bulk_status(batch_id).await? {
+                BatchState::Pending => {}
+                BatchState::Completed(errors) => return Ok(errors),
+                BatchState::Failed(why) => return Err(format!("batch {batch_id}: {why}")),
+            }
+            wait = (wait * 2).min(MAX_POLL_WAIT);
+        }
+    }
+}
+
+fn applied(call: Call, job: &Job) -> Outcome {
+    match call {
+        Call::Create | Call::Recreate => Outcome::Created(None),
+        Call::Update | Call::UpdateExisting => Outcome::Updated(job.contact_id.clone()),
+    }
+}
+
+fn failure(r: ItemResult) -> Outcome {
+    match r {
+        ItemResult::Applied => Outcome::Failed("internal: applied item taken as failed".into()),
+        ItemResult::Error(e) => Outcome::Rejected(e.reason()),
+        ItemResult::Failed(r) => Outcome::Failed(r),
+        ItemResult::Rejected(r) => Outcome::Rejected(r),
+    }
+}
