@@ -61,6 +61,17 @@ pub struct EmulatorArgs {
     /// Share of the seed contacts deleted at start (contacts deleted between runs).
     #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
     pub delete_on_start: f64,
+    /// Time after acceptance at which a bulk batch is applied, in milliseconds; until then
+    /// its status is Queued, then Processing.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    pub bulk_delay_ms: u64,
+    /// Share of accepted bulk batches that never finish (status Processing forever,
+    /// nothing applied).
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub bulk_stall_rate: f64,
+    /// Share of accepted bulk batches that end Failed with nothing applied.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub bulk_fail_rate: f64,
     /// Seed of every random fault: the same seed replays the same faults.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -124,7 +135,10 @@ impl EmulatorArgs {
                 lost_answer_rate: self.lost_answer_rate,
                 race_create_rate: self.race_create_rate,
                 delete_on_start: self.delete_on_start,
+                bulk_stall_rate: self.bulk_stall_rate,
+                bulk_fail_rate: self.bulk_fail_rate,
             },
+            bulk_delay: Duration::from_millis(self.bulk_delay_ms),
             dump_on_exit: self.dump_on_exit,
         })
     }
@@ -220,6 +234,12 @@ mod tests {
             "0.1",
             "--delete-on-start",
             "0.2",
+            "--bulk-delay-ms",
+            "250",
+            "--bulk-stall-rate",
+            "0.3",
+            "--bulk-fail-rate",
+            "0.4",
             "--seed",
             "77",
             "--dump-on-exit",
@@ -252,6 +272,8 @@ mod tests {
             ),
             (0.15, 0.05, 0.1, 0.2)
         );
+        assert_eq!((f.bulk_stall_rate, f.bulk_fail_rate), (0.3, 0.4));
+        assert_eq!(c.bulk_delay, Duration::from_millis(250));
         assert_eq!(f.latency, Duration::from_millis(20));
         assert_eq!(f.seed, 77);
         assert_eq!(c.dump_on_exit, Some(PathBuf::from("/tmp/d.json")));
@@ -264,5 +286,6 @@ mod tests {
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.contact_types, EmulatorConfig::new("k").contact_types);
         assert_eq!(c.faults, Faults::default());
+        assert_eq!(c.bulk_delay, EmulatorConfig::new("k").bulk_delay);
     }
 }

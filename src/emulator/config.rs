@@ -86,8 +86,8 @@ pub struct Faults {
     pub error_rate: f64,
     /// Added to every API request before it is handled.
     pub latency: Duration,
-    /// Share of successful writes (create, update) applied but whose connection is cut
-    /// before the answer is sent.
+    /// Share of successful writes (create, update, accepted bulk batch) applied or queued
+    /// but whose connection is cut before the answer is sent.
     pub lost_answer_rate: f64,
     /// Share of lookups answering 404 after which "another writer" creates the contact.
     pub race_create_rate: f64,
@@ -95,6 +95,11 @@ pub struct Faults {
     /// (restart with the previous run's dump as seed). Tests can also call
     /// `Emulator::delete_contacts` at any time.
     pub delete_on_start: f64,
+    /// Share of accepted bulk batches that never finish: their status stays `Processing`
+    /// and nothing of them is applied, as when Engage's queue is stuck.
+    pub bulk_stall_rate: f64,
+    /// Share of accepted bulk batches that end `Failed` with nothing of them applied.
+    pub bulk_fail_rate: f64,
 }
 
 impl Default for Faults {
@@ -107,6 +112,8 @@ impl Default for Faults {
             lost_answer_rate: 0.0,
             race_create_rate: 0.0,
             delete_on_start: 0.0,
+            bulk_stall_rate: 0.0,
+            bulk_fail_rate: 0.0,
         }
     }
 }
@@ -128,6 +135,9 @@ pub struct EmulatorConfig {
     /// Contacts present at start: flat objects, optionally with `id` and `contactType`.
     pub seed_contacts: Vec<Map<String, Value>>,
     pub faults: Faults,
+    /// How long after acceptance a bulk batch is applied: Engage processes batches
+    /// asynchronously, so a client must poll their status rather than assume them done.
+    pub bulk_delay: Duration,
     /// Written as JSON when the emulator is shut down.
     pub dump_on_exit: Option<PathBuf>,
 }
@@ -146,6 +156,7 @@ impl EmulatorConfig {
             custom_key: "externalId".into(),
             seed_contacts: Vec::new(),
             faults: Faults::default(),
+            bulk_delay: Duration::from_millis(100),
             dump_on_exit: None,
         }
     }
@@ -157,6 +168,8 @@ impl EmulatorConfig {
             ("lost answer rate", self.faults.lost_answer_rate),
             ("race create rate", self.faults.race_create_rate),
             ("delete on start share", self.faults.delete_on_start),
+            ("bulk stall rate", self.faults.bulk_stall_rate),
+            ("bulk fail rate", self.faults.bulk_fail_rate),
         ];
         for (name, share) in shares {
             if !(0.0..=1.0).contains(&share) {
@@ -204,5 +217,14 @@ mod tests {
         let mut config = EmulatorConfig::new("k");
         config.faults.error_rate = 1.5;
         assert!(config.validate().is_err());
+        for share in [-0.1, 1.01] {
+            let mut stall = EmulatorConfig::new("k");
+            stall.faults.bulk_stall_rate = share;
+            assert!(stall.validate().is_err());
+            let mut fail = EmulatorConfig::new("k");
+            fail.faults.bulk_fail_rate = share;
+            assert!(fail.validate().is_err());
+        }
+        assert!(EmulatorConfig::new("k").validate().is_ok());
     }
 }

@@ -155,15 +155,125 @@ fn race_create(tenant: &mut Tenant, attribute: &str, value: &str, contact_type: 
     tenant.insert(contact);
 }
 
-/// Records violations for empty, unknown and read-only attributes, drops the latter two,
-/// and refuses values Engage would refuse.
-fn clean(
-    tenant: &mut Tenant,
-    endpoint: Endpoint,
-    body: Map<String, Value>,
-) -> Result<Map<String, Value>, Reply> {
+/// Why a write of one contact was refused. Single writes answer it as HTTP ([`Self::reply`]);
+/// bulk items report it as an item error ([`Self::item_error`]), so both share one path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteError {
+    /// The contact type is unknown (or, in a batch item, not the batch's type).
+    InvalidContactType(String),
+    /// The contact type's key attribute is absent, null or empty where it is required.
+    MissingKey { key: String, type_name: String },
+    /// The key attribute holds a value Engage refuses.
+    InvalidKey { key: String, message: String },
+    /// An update sets the key attribute to an empty value.
+    KeyCleared { key: String },
+    /// Any other refused value, or a mandatory attribute missing.
+    Invalid { attribute: String, message: String },
+    /// Another approved contact of the type has this key.
+    KeyTaken { key: String },
+    NotFound,
+}
+
+impl WriteError {
+    /// The answer of a single create or update.
+    pub fn reply(&self) -> Reply {
+        match self {
+            WriteError::InvalidContactType(message) => error(400, "InvalidContactType", message),
+            WriteError::MissingKey { key, type_name } => validation_error(
+                key,
+                format!("{key} is required for contact type {type_name}"),
+            ),
+            WriteError::InvalidKey { key, message } => validation_error(key, message),
+            WriteError::KeyCleared { key } => validation_error(
+                key,
+                format!("{key} identifies the contact and cannot be cleared"),
+            ),
+            WriteError::Invalid { attribute, message } => validation_error(attribute, message),
+            WriteError::KeyTaken { key } => error(
+                409,
+                "ApprovedContactWithKeyExists",
+                format!("an approved contact with this {key} exists"),
+            ),
+            WriteError::NotFound => error(404, "ContactNotFound", "no contact with this id"),
+        }
+    }
+
+    /// The error code and message of a bulk item: an invalid key is named by its kind, as
+    /// lookups name it.
+    pub fn item_error(&self) -> (&'static str, String) {
+        match self {
+            WriteError::InvalidContactType(message) => ("InvalidContactType", message.clone()),
+            WriteError::MissingKey { key, type_name } => (
+                "MissingKey",
+                format!("{key} is required for contact type {type_name}"),
+            ),
+            WriteError::InvalidKey { key, message } => {
+                let code = match key.as_str() {
+                    "email" => "InvalidEmailAddress",
+                    "mobilePhone" => "InvalidPhoneNumber",
+                    "socialSecurityNumber" => "InvalidSocialSecurityNumber",
+                    _ => "ValidationError",
+                };
+                (code, message.clone())
+            }
+            WriteError::KeyCleared { key } => (
+                "ValidationError",
+                format!("{key} identifies the contact and cannot be cleared"),
+            ),
+            WriteError::Invalid { message, .. } => ("ValidationError", message.clone()),
+            WriteError::KeyTaken { key } => (
+                "ContactAlreadyExists",
+                format!("a contact with this {key} exists"),
+            ),
+            WriteError::NotFound => ("ContactNotFound", "no contact with this key".into()),
+        }
+    }
+}
+
+/// A body's attributes as Engage would keep them, and the first value it would refuse.
+struct Cleaned {
+    attributes: Map<String, Value>,
+    problem: Option<(String, String)>,
+}
+
+impl Cleaned {
+    /// The key attribute first (absent or empty, then invalid), then any other refused
+    /// value, so a missing or bad key is reported as such whatever else is wrong.
+    fn check(&self, key: &str, type_name: &str, key_required: bool) -> Result<(), WriteError> {
+        let missing = || WriteError::MissingKey {
+            key: key.into(),
+            type_name: type_name.into(),
+        };
+        match self.attributes.get(key) {
+            None if key_required => return Err(missing()),
+            Some(v) if is_empty_value(v) && key_required => return Err(missing()),
+            Some(v) if is_empty_value(v) => return Err(WriteError::KeyCleared { key: key.into() }),
+            Some(v) => {
+                if let Some(message) = value_problem(key, v) {
+                    return Err(WriteError::InvalidKey {
+                        key: key.into(),
+                        message,
+                    });
+                }
+            }
+            None => {}
+        }
+        match &self.problem {
+            Some((attribute, message)) => Err(WriteError::Invalid {
+                attribute: attribute.clone(),
+                message: message.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Records violations for empty, unknown and read-only attributes and drops the latter
+/// two. Every attribute is looked at, so one refused value does not hide other mistakes.
+fn clean(tenant: &mut Tenant, endpoint: Endpoint, body: Map<String, Value>) -> Cleaned {
     let name = endpoint_name(endpoint);
     let mut attributes = Map::new();
+    let mut problem = None;
     for (k, v) in body {
         if is_empty_value(&v) {
             tenant.violations.record(
@@ -185,15 +295,18 @@ fn clean(
             );
             continue;
         }
-        if let Some(problem) = value_problem(&k, &v) {
-            return Err(validation_error(&k, problem));
+        if problem.is_none() {
+            problem = value_problem(&k, &v).map(|p| (k.clone(), p));
         }
         attributes.insert(k, v);
     }
-    Ok(attributes)
+    Cleaned {
+        attributes,
+        problem,
+    }
 }
 
-fn endpoint_name(endpoint: Endpoint) -> String {
+pub fn endpoint_name(endpoint: Endpoint) -> String {
     serde_json::to_value(endpoint)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -215,6 +328,15 @@ fn key_holder(
         .map(|c| c.id.clone())
 }
 
+/// The key attribute of a contact type.
+pub fn type_key(tenant: &Tenant, type_name: &str) -> Result<String, WriteError> {
+    tenant
+        .settings
+        .contact_type(type_name)
+        .map(|t| t.key.clone())
+        .ok_or_else(|| WriteError::InvalidContactType(format!("unknown contact type `{type_name}`")))
+}
+
 /// Query parameters of a create.
 #[derive(Debug, Default)]
 pub struct CreateParams {
@@ -223,128 +345,157 @@ pub struct CreateParams {
     pub create_as_unapproved: bool,
 }
 
+/// Creates one contact of `type_name` from a flat body (without `contactType`), as a
+/// single create or a bulk item; `endpoint` names the call in violations.
+pub fn create_contact(
+    tenant: &mut Tenant,
+    endpoint: Endpoint,
+    type_name: &str,
+    params: &CreateParams,
+    body: Map<String, Value>,
+) -> Result<String, WriteError> {
+    let key = type_key(tenant, type_name)?;
+    let cleaned = clean(tenant, endpoint, body);
+    cleaned.check(&key, type_name, true)?;
+    let mut attributes = cleaned.attributes;
+    attributes.retain(|_, v| !v.is_null());
+    let present = |a: &str| attributes.get(a).is_some_and(|v| !is_empty_value(v));
+    if let Some(missing) = tenant.settings.mandatory.iter().find(|m| !present(m)) {
+        return Err(WriteError::Invalid {
+            attribute: missing.clone(),
+            message: format!("{missing} is mandatory"),
+        });
+    }
+    let key_value = attributes
+        .get(&key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let missed = (key.clone(), normalize_key(&key, &key_value));
+    if key_holder(tenant, type_name, &key, &key_value, None).is_some() {
+        if !tenant.missed_lookups.contains(&missed) {
+            tenant.violations.record(
+                ViolationKind::CreateForExistingKey,
+                format!(
+                    "{}: a {type_name} with this {key} exists and no lookup answered 404 for it",
+                    endpoint_name(endpoint)
+                ),
+            );
+        }
+        return Err(WriteError::KeyTaken { key });
+    }
+    tenant.missed_lookups.remove(&missed);
+    let contact = Contact {
+        id: tenant.new_id(),
+        contact_type: type_name.to_string(),
+        approved: !params.create_as_unapproved,
+        created_by: CreatedBy::Client,
+        source: params.source.clone(),
+        store_external_id: params.store_external_id.clone(),
+        attributes,
+    };
+    Ok(tenant.insert(contact))
+}
+
 /// `POST /api/v3/contacts`
 pub fn create(tenant: &mut Tenant, params: CreateParams, mut body: Map<String, Value>) -> Reply {
     let type_name = match body.remove("contactType") {
         None | Some(Value::Null) => "Member".to_string(),
         Some(Value::String(s)) => s,
         Some(other) => {
-            return error(
-                400,
-                "InvalidContactType",
-                format!("invalid contact type {other}"),
-            );
+            return WriteError::InvalidContactType(format!("invalid contact type {other}"))
+                .reply();
         }
     };
-    let Some(key) = tenant
-        .settings
-        .contact_type(&type_name)
-        .map(|t| t.key.clone())
-    else {
-        return error(
-            400,
-            "InvalidContactType",
-            format!("unknown contact type `{type_name}`"),
-        );
-    };
-    let mut attributes = match clean(tenant, Endpoint::Create, body) {
-        Ok(attributes) => attributes,
-        Err(reply) => return reply,
-    };
-    attributes.retain(|_, v| !v.is_null());
-    let present = |a: &str| attributes.get(a).is_some_and(|v| !is_empty_value(v));
-    let Some(key_value) = attributes
-        .get(&key)
-        .and_then(Value::as_str)
-        .filter(|_| present(&key))
-    else {
-        return validation_error(
-            &key,
-            format!("{key} is required for contact type {type_name}"),
-        );
-    };
-    let key_value = key_value.to_string();
-    if let Some(missing) = tenant.settings.mandatory.iter().find(|m| !present(m)) {
-        return validation_error(missing, format!("{missing} is mandatory"));
+    match create_contact(tenant, Endpoint::Create, &type_name, &params, body) {
+        Ok(id) => Reply::ok(201, tenant.get(&id).map(Contact::to_api).unwrap_or(Value::Null)),
+        Err(e) => e.reply(),
     }
-    if key_holder(tenant, &type_name, &key, &key_value, None).is_some() {
-        let missed = (key.clone(), normalize_key(&key, &key_value));
-        if !tenant.missed_lookups.contains(&missed) {
-            tenant.violations.record(
-                ViolationKind::CreateForExistingKey,
-                format!("POST /api/v3/contacts: a {type_name} with this {key} exists and no lookup answered 404 for it"),
-            );
-        }
-        return error(
-            409,
-            "ApprovedContactWithKeyExists",
-            format!("an approved contact with this {key} exists"),
-        );
-    }
-    tenant
-        .missed_lookups
-        .remove(&(key.clone(), normalize_key(&key, &key_value)));
-    let contact = Contact {
-        id: tenant.new_id(),
-        contact_type: type_name,
-        approved: !params.create_as_unapproved,
-        created_by: CreatedBy::Client,
-        source: params.source,
-        store_external_id: params.store_external_id,
-        attributes,
-    };
-    let id = tenant.insert(contact);
-    let body = tenant.get(&id).map(Contact::to_api).unwrap_or(Value::Null);
-    Reply::ok(201, body)
 }
 
-/// `PATCH /api/v3/contacts/{contactId}`
-pub fn update(tenant: &mut Tenant, id: &str, mut body: Map<String, Value>) -> Reply {
-    let Some(existing) = tenant.get(id) else {
-        return error(404, "ContactNotFound", "no contact with this id");
+/// Which contact an update is for: by id (single PATCH), or by the key attribute in the
+/// body among the contacts of a type (bulk PATCH).
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Id(&'a str),
+    Key { type_name: &'a str },
+}
+
+/// The contact of `type_name` whose key is `value`, an approved one first.
+fn by_key(tenant: &Tenant, type_name: &str, key: &str, value: &str) -> Option<String> {
+    let matches: Vec<&Contact> = tenant
+        .find(key, value)
+        .into_iter()
+        .filter(|c| c.contact_type == type_name)
+        .collect();
+    matches
+        .iter()
+        .find(|c| c.approved)
+        .or(matches.first())
+        .map(|c| c.id.clone())
+}
+
+/// Updates one contact: every attribute present overwrites, `contactType` is ignored.
+/// Returns the contact's id.
+pub fn update_contact(
+    tenant: &mut Tenant,
+    endpoint: Endpoint,
+    target: Target<'_>,
+    mut body: Map<String, Value>,
+) -> Result<String, WriteError> {
+    let type_name = match target {
+        Target::Id(id) => tenant
+            .get(id)
+            .ok_or(WriteError::NotFound)?
+            .contact_type
+            .clone(),
+        Target::Key { type_name } => type_name.to_string(),
     };
-    let type_name = existing.contact_type.clone();
-    let store_set = existing
-        .str("createdInStore")
-        .is_some_and(|s| !s.trim().is_empty());
     if body.remove("contactType").is_some() {
         tenant.violations.record(
             ViolationKind::ContactTypeInPatch,
-            "PATCH /api/v3/contacts/{contactId}: contactType cannot be changed by PATCH and was ignored",
+            format!(
+                "{}: contactType cannot be changed by PATCH and was ignored",
+                endpoint_name(endpoint)
+            ),
         );
     }
-    let mut attributes = match clean(tenant, Endpoint::Update, body) {
-        Ok(attributes) => attributes,
-        Err(reply) => return reply,
-    };
-    let key = tenant
-        .settings
-        .contact_type(&type_name)
-        .map(|t| t.key.clone())
-        .unwrap_or_default();
-    if let Some(v) = attributes.get(&key) {
-        let Some(s) = v.as_str().filter(|_| !is_empty_value(v)) else {
-            return validation_error(
-                &key,
-                format!("{key} identifies the contact and cannot be cleared"),
-            );
-        };
-        if key_holder(tenant, &type_name, &key, s, Some(id)).is_some() {
-            return error(
-                409,
-                "ApprovedContactWithKeyExists",
-                format!("an approved contact with this {key} exists"),
-            );
+    let key = type_key(tenant, &type_name)?;
+    let cleaned = clean(tenant, endpoint, body);
+    cleaned.check(&key, &type_name, matches!(target, Target::Key { .. }))?;
+    let mut attributes = cleaned.attributes;
+    let key_value = attributes.get(&key).and_then(Value::as_str).map(str::to_string);
+    let id = match (target, &key_value) {
+        (Target::Id(id), _) => id.to_string(),
+        (Target::Key { .. }, Some(value)) => {
+            by_key(tenant, &type_name, &key, value).ok_or(WriteError::NotFound)?
         }
+        (Target::Key { .. }, None) => return Err(WriteError::NotFound),
+    };
+    if let Some(value) = &key_value
+        && key_holder(tenant, &type_name, &key, value, Some(&id)).is_some()
+    {
+        return Err(WriteError::KeyTaken { key });
     }
+    let store_set = tenant
+        .get(&id)
+        .and_then(|c| c.str("createdInStore"))
+        .is_some_and(|s| !s.trim().is_empty());
     if store_set {
         // createdInStore cannot change once set: Engage keeps the old value silently.
         attributes.remove("createdInStore");
     }
-    let updated = tenant.modify(id, |c| c.attributes.extend(attributes));
-    match updated {
-        Some(c) => Reply::ok(200, c.to_api()),
-        None => error(404, "ContactNotFound", "no contact with this id"),
+    tenant
+        .modify(&id, |c| c.attributes.extend(attributes))
+        .ok_or(WriteError::NotFound)?;
+    Ok(id)
+}
+
+/// `PATCH /api/v3/contacts/{contactId}`
+pub fn update(tenant: &mut Tenant, id: &str, body: Map<String, Value>) -> Reply {
+    match update_contact(tenant, Endpoint::Update, Target::Id(id), body) {
+        Ok(id) => Reply::ok(200, tenant.get(&id).map(Contact::to_api).unwrap_or(Value::Null)),
+        Err(e) => e.reply(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Fault injection: a request-rate cap, server errors, lost answers, racing writers and
-//! deleted contacts. Each random fault draws from its own seeded stream, so enabling one
+//! Fault injection: a request-rate cap, server errors, lost answers, racing writers,
+//! deleted contacts and bulk batches that stall or fail. Each random fault draws from its own seeded stream, so enabling one
 //! fault does not change when another fires, and a seed replays a failing test.
 
 use std::collections::VecDeque;
@@ -48,6 +48,11 @@ pub struct InjectedFaults {
     pub lost_answers: u64,
     pub race_creates: u64,
     pub deleted_contacts: u64,
+    /// Defaulted so dumps written before bulk batches existed still read back as seeds.
+    #[serde(default)]
+    pub stalled_batches: u64,
+    #[serde(default)]
+    pub failed_batches: u64,
 }
 
 /// The server error a request got instead of its answer.
@@ -68,6 +73,16 @@ impl ServerError {
     }
 }
 
+/// What becomes of an accepted bulk batch, decided when it is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchFate {
+    Apply,
+    /// Never finishes: status `Processing` forever.
+    Stall,
+    /// Ends `Failed` with nothing applied.
+    Fail,
+}
+
 /// Live fault state: the configuration plus one random stream per fault.
 #[derive(Debug)]
 pub struct FaultState {
@@ -76,6 +91,8 @@ pub struct FaultState {
     lost: SplitMix64,
     race: SplitMix64,
     delete: SplitMix64,
+    stall: SplitMix64,
+    fail: SplitMix64,
     window: VecDeque<Instant>,
     pub injected: InjectedFaults,
 }
@@ -89,6 +106,8 @@ impl FaultState {
             lost: stream(2),
             race: stream(3),
             delete: stream(4),
+            stall: stream(5),
+            fail: stream(6),
             window: VecDeque::new(),
             injected: InjectedFaults::default(),
             config,
@@ -156,6 +175,24 @@ impl FaultState {
         self.delete.chance(share)
     }
 
+    /// The fate of a batch being accepted. Both streams are consulted for every batch, so
+    /// turning one of the two faults on does not shift when the other fires.
+    pub fn batch_fate(&mut self) -> BatchFate {
+        let stall = self.config.bulk_stall_rate > 0.0
+            && self.stall.chance(self.config.bulk_stall_rate);
+        let fail =
+            self.config.bulk_fail_rate > 0.0 && self.fail.chance(self.config.bulk_fail_rate);
+        if stall {
+            self.injected.stalled_batches += 1;
+            BatchFate::Stall
+        } else if fail {
+            self.injected.failed_batches += 1;
+            BatchFate::Fail
+        } else {
+            BatchFate::Apply
+        }
+    }
+
     pub fn latency(&self) -> Duration {
         self.config.latency
     }
@@ -213,6 +250,27 @@ mod tests {
         let mut f = FaultState::new(faults(3));
         let hits = (0..10_000).filter(|_| f.server_error().is_some()).count();
         assert!((2500..3500).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn batch_fates_follow_their_shares_and_count() {
+        let mut f = FaultState::new(Faults {
+            bulk_stall_rate: 1.0,
+            bulk_fail_rate: 1.0,
+            ..Faults::default()
+        });
+        assert_eq!(f.batch_fate(), BatchFate::Stall);
+        let mut g = FaultState::new(Faults {
+            bulk_fail_rate: 1.0,
+            ..Faults::default()
+        });
+        assert_eq!(g.batch_fate(), BatchFate::Fail);
+        assert_eq!(
+            FaultState::new(Faults::default()).batch_fate(),
+            BatchFate::Apply
+        );
+        assert_eq!((f.injected.stalled_batches, f.injected.failed_batches), (1, 0));
+        assert_eq!((g.injected.stalled_batches, g.injected.failed_batches), (0, 1));
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! documentation rather than to the sink, so the two can disagree and tests can notice.
 //!
 //! It answers as Engage does, including the unpleasant parts (500 for a missing
-//! Content-Type, unknown attributes silently dropped, `""` and `null` overwriting), records
+//! Content-Type, unknown attributes silently dropped, `""` and `null` overwriting, bulk
+//! batches applied some time after they were accepted), records
 //! every request and every protocol mistake ([`ViolationKind`]), and injects faults on
 //! demand from a seed ([`Faults`]). Start it with [`Emulator::start`]; see the README's emulator section.
 
 mod attributes;
+mod bulk;
 mod cli;
 mod config;
 mod conn;
@@ -26,6 +28,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use bulk::{BatchInfo, BatchKind, BatchStatus, ItemError, MAX_ITEMS};
 pub use cli::{EmulatorArgs, run_cli};
 pub use config::{ApiKey, ContactTypeConfig, EmulatorConfig, Faults, RateLimit};
 pub use faults::InjectedFaults;
@@ -251,6 +254,19 @@ impl Emulator {
 
     pub fn injected_faults(&self) -> InjectedFaults {
         lock(&self.tenant).faults.injected
+    }
+
+    /// Bulk batches in acceptance order, with their status as of now.
+    pub fn batches(&self) -> Vec<BatchInfo> {
+        lock(&self.tenant)
+            .batches
+            .infos(tokio::time::Instant::now())
+    }
+
+    pub fn batch(&self, id: &str) -> Option<BatchInfo> {
+        lock(&self.tenant)
+            .batches
+            .info(id, tokio::time::Instant::now())
     }
 
     /// Adds a contact as a seed would (flat object, optional `id`/`contactType`).

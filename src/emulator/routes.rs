@@ -12,6 +12,7 @@ use axum::routing::{any, get, post};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
+use super::bulk::{self, BatchKind};
 use super::config::ApiKey;
 use super::conn::Connection;
 use super::contacts::{self, CreateParams, Reply, error};
@@ -21,6 +22,8 @@ use super::{Deletion, delete_contacts};
 
 /// Bodies larger than this are refused like an unreadable body.
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// The same for bulk requests: 4000 contacts need room. ASP.NET's default request cap.
+const BULK_BODY_LIMIT: usize = 30_000_000;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -28,9 +31,12 @@ pub struct AppState {
     pub api_key: Arc<ApiKey>,
 }
 
-/// Locks the tenant; a panic elsewhere must not wedge the emulator, so poisoning is ignored.
+/// Locks the tenant and applies the bulk batches that have come due, so whoever looks next
+/// sees them applied. A panic elsewhere must not wedge the emulator, so poisoning is ignored.
 pub fn lock(tenant: &Mutex<Tenant>) -> MutexGuard<'_, Tenant> {
-    tenant.lock().unwrap_or_else(PoisonError::into_inner)
+    let mut guard = tenant.lock().unwrap_or_else(PoisonError::into_inner);
+    bulk::settle(&mut guard, Instant::now());
+    guard
 }
 
 pub fn router(state: AppState) -> Router {
@@ -49,6 +55,9 @@ enum Route {
     Create,
     Update(String),
     Get(String),
+    BulkCreate,
+    BulkUpdate,
+    BulkStatus,
     V2,
     /// A known path with a method it does not support.
     WrongMethod(Endpoint),
@@ -66,7 +75,13 @@ impl Route {
             (_, ["api", "v3", "contacts", "id"]) => Route::WrongMethod(Endpoint::Lookup),
             (&Method::POST, ["api", "v3", "contacts"]) => Route::Create,
             (_, ["api", "v3", "contacts"]) => Route::WrongMethod(Endpoint::Create),
-            // Bulk endpoints exist on Voyado but are not emulated.
+            (&Method::GET, ["api", "v3", "contacts", "bulk", "status"]) => Route::BulkStatus,
+            (_, ["api", "v3", "contacts", "bulk", "status"]) => {
+                Route::WrongMethod(Endpoint::BulkStatus)
+            }
+            (&Method::POST, ["api", "v3", "contacts", "bulk"]) => Route::BulkCreate,
+            (&Method::PATCH, ["api", "v3", "contacts", "bulk"]) => Route::BulkUpdate,
+            (_, ["api", "v3", "contacts", "bulk"]) => Route::WrongMethod(Endpoint::BulkCreate),
             (_, ["api", "v3", "contacts", "bulk", ..]) => Route::Unknown,
             (&Method::PATCH, ["api", "v3", "contacts", _]) => {
                 Route::Update(segments[3].to_string())
@@ -83,6 +98,9 @@ impl Route {
             Route::Create => Endpoint::Create,
             Route::Update(_) => Endpoint::Update,
             Route::Get(_) => Endpoint::Get,
+            Route::BulkCreate => Endpoint::BulkCreate,
+            Route::BulkUpdate => Endpoint::BulkUpdate,
+            Route::BulkStatus => Endpoint::BulkStatus,
             Route::V2 => Endpoint::V2,
             Route::WrongMethod(_) | Route::Unknown => Endpoint::Unknown,
         }
@@ -141,14 +159,15 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Reads a write's body: 500 without a JSON Content-Type (as Engage does), 400 NoData for
-/// an empty or unparsable body or one that is not a single object.
-async fn read_object(
+/// Reads a write's JSON body: 500 without a JSON Content-Type (as Engage does), 400 NoData
+/// for an empty, oversized or unparsable body.
+async fn read_json(
     state: &AppState,
     headers: &HeaderMap,
     what: &str,
     body: Body,
-) -> Result<Map<String, Value>, Reply> {
+    limit: usize,
+) -> Result<Value, Reply> {
     if !is_json(headers) {
         lock(&state.tenant).violations.record(
             ViolationKind::MissingContentType,
@@ -156,14 +175,42 @@ async fn read_object(
         );
         return Err(message(500, "An error has occurred."));
     }
-    let bytes = to_bytes(body, BODY_LIMIT).await.unwrap_or_default();
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(error(
-            400,
-            "NoData",
-            "the body is empty or not a JSON object",
-        )),
+    let bytes = to_bytes(body, limit).await.unwrap_or_default();
+    serde_json::from_slice::<Value>(&bytes)
+        .map_err(|_| error(400, "NoData", "the body is empty or not JSON"))
+}
+
+/// A single write's body, which must be one JSON object (400 NoData otherwise).
+async fn read_object(
+    state: &AppState,
+    headers: &HeaderMap,
+    what: &str,
+    body: Body,
+) -> Result<Map<String, Value>, Reply> {
+    match read_json(state, headers, what, body, BODY_LIMIT).await? {
+        Value::Object(map) => Ok(map),
+        _ => Err(error(400, "NoData", "the body is not a JSON object")),
+    }
+}
+
+/// A bulk write: the body is checked and queued by [`bulk::submit`].
+async fn bulk_submit(
+    state: &AppState,
+    kind: BatchKind,
+    params: &[(String, String)],
+    headers: &HeaderMap,
+    what: &str,
+    body: Body,
+) -> Reply {
+    match read_json(state, headers, what, body, BULK_BODY_LIMIT).await {
+        Ok(value) => bulk::submit(
+            &mut lock(&state.tenant),
+            kind,
+            params,
+            value,
+            Instant::now(),
+        ),
+        Err(reply) => reply,
     }
 }
 
@@ -247,6 +294,13 @@ async fn api(
             Ok(map) => contacts::update(&mut lock(&state.tenant), &id, map),
             Err(reply) => reply,
         },
+        Route::BulkCreate => {
+            bulk_submit(&state, BatchKind::Create, &params, &parts.headers, &what, body).await
+        }
+        Route::BulkUpdate => {
+            bulk_submit(&state, BatchKind::Update, &params, &parts.headers, &what, body).await
+        }
+        Route::BulkStatus => bulk::status(&lock(&state.tenant), &params, Instant::now()),
         Route::V2 => message(404, "v2 paths are not emulated: use /api/v3/"),
         Route::WrongMethod(_) => message(
             405,
@@ -260,7 +314,10 @@ async fn api(
             &format!("No HTTP resource was found that matches the request URI '{path}'."),
         ),
     };
-    let is_write = matches!(endpoint, Endpoint::Create | Endpoint::Update);
+    let is_write = matches!(
+        endpoint,
+        Endpoint::Create | Endpoint::Update | Endpoint::BulkCreate | Endpoint::BulkUpdate
+    );
     if is_write && (200..300).contains(&reply.status) && lock(&state.tenant).faults.lose_answer() {
         conn.cut();
         return finish(&state, endpoint, reply, Some(0));
@@ -366,7 +423,21 @@ mod tests {
             Route::Get("abc".into())
         );
         assert_eq!(r(Method::POST, "/api/v2/contacts"), Route::V2);
-        assert_eq!(r(Method::POST, "/api/v3/contacts/bulk"), Route::Unknown);
+        assert_eq!(r(Method::POST, "/api/v3/contacts/bulk"), Route::BulkCreate);
+        assert_eq!(r(Method::PATCH, "/api/v3/contacts/Bulk/"), Route::BulkUpdate);
+        assert_eq!(
+            r(Method::GET, "/api/v3/contacts/bulk/status"),
+            Route::BulkStatus
+        );
+        assert_eq!(
+            r(Method::GET, "/api/v3/contacts/bulk"),
+            Route::WrongMethod(Endpoint::BulkCreate)
+        );
+        assert_eq!(
+            r(Method::POST, "/api/v3/contacts/bulk/status"),
+            Route::WrongMethod(Endpoint::BulkStatus)
+        );
+        assert_eq!(r(Method::POST, "/api/v3/contacts/bulk/x"), Route::Unknown);
         assert_eq!(
             r(Method::DELETE, "/api/v3/contacts/abc"),
             Route::WrongMethod(Endpoint::Update)

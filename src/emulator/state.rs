@@ -1,13 +1,15 @@
-//! The in-memory tenant: contacts with indexes by key attribute, the request log, the
-//! violations and the fault state, all behind one lock held only for short, await-free
+//! The in-memory tenant: contacts with indexes by key attribute, bulk batches, the request
+//! log, the violations and the fault state, all behind one lock held only for short, await-free
 //! sections.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::attributes::normalize_key;
+use super::bulk::{BatchInfo, Batches};
 use super::config::{ContactTypeConfig, EmulatorConfig};
 use super::faults::{FaultState, InjectedFaults, SplitMix64};
 use super::violations::Violations;
@@ -74,10 +76,16 @@ pub enum Endpoint {
     Update,
     #[serde(rename = "GET /api/v3/contacts/{contactId}")]
     Get,
+    #[serde(rename = "POST /api/v3/contacts/bulk")]
+    BulkCreate,
+    #[serde(rename = "PATCH /api/v3/contacts/bulk")]
+    BulkUpdate,
+    #[serde(rename = "GET /api/v3/contacts/bulk/status")]
+    BulkStatus,
     /// Any `/api/v2/` path.
     #[serde(rename = "v2")]
     V2,
-    /// Anything else, including wrong methods and the (not emulated) bulk endpoints.
+    /// Anything else, including wrong methods.
     #[serde(rename = "unknown")]
     Unknown,
 }
@@ -125,6 +133,9 @@ pub struct Dump {
     pub violation_total: u64,
     pub violations: Violations,
     pub faults: InjectedFaults,
+    /// Bulk batches in acceptance order. Defaulted so older dumps still read back.
+    #[serde(default)]
+    pub batches: Vec<BatchInfo>,
 }
 
 /// Static tenant configuration used while answering.
@@ -134,6 +145,7 @@ pub struct TenantSettings {
     pub custom_attributes: HashSet<String>,
     pub mandatory: Vec<String>,
     pub custom_key: String,
+    pub bulk_delay: Duration,
 }
 
 impl TenantSettings {
@@ -155,6 +167,9 @@ pub struct Tenant {
     next_member_number: u64,
     /// Contact ids come from the seed too, so a replayed test sees the same ids.
     id_stream: SplitMix64,
+    /// Batch ids have their own stream, so sending a batch does not change contact ids.
+    batch_id_stream: SplitMix64,
+    pub batches: Batches,
     pub requests: RequestCounts,
     pub violations: Violations,
     pub faults: FaultState,
@@ -179,6 +194,7 @@ impl Tenant {
                 custom_attributes: config.custom_attributes.iter().cloned().collect(),
                 mandatory: config.mandatory.clone(),
                 custom_key: config.custom_key.clone(),
+                bulk_delay: config.bulk_delay,
             },
             contacts: BTreeMap::new(),
             by_id: HashMap::new(),
@@ -186,6 +202,8 @@ impl Tenant {
             next_seq: 0,
             next_member_number: 1_000_001,
             id_stream: SplitMix64::new(config.faults.seed ^ 0x1D5),
+            batch_id_stream: SplitMix64::new(config.faults.seed ^ 0xBA7C),
+            batches: Batches::default(),
             requests: RequestCounts::default(),
             violations: Violations::default(),
             faults: FaultState::new(config.faults.clone()),
@@ -205,12 +223,12 @@ impl Tenant {
 
     /// A fresh contact id: a version 4 UUID drawn from the seeded stream.
     pub fn new_id(&mut self) -> String {
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&self.id_stream.next_u64().to_le_bytes());
-        bytes[8..].copy_from_slice(&self.id_stream.next_u64().to_le_bytes());
-        uuid::Builder::from_random_bytes(bytes)
-            .into_uuid()
-            .to_string()
+        uuid_from(&mut self.id_stream)
+    }
+
+    /// A fresh bulk batch id, a UUID like contact ids.
+    pub fn new_batch_id(&mut self) -> String {
+        uuid_from(&mut self.batch_id_stream)
     }
 
     /// Stores a new contact, giving it the next memberNumber unless it has one (a seed
@@ -302,8 +320,19 @@ impl Tenant {
             violation_total: self.violations.total(),
             violations: self.violations.clone(),
             faults: self.faults.injected,
+            batches: self.batches.infos(tokio::time::Instant::now()),
         }
     }
+}
+
+/// A version 4 UUID from a seeded stream.
+fn uuid_from(stream: &mut SplitMix64) -> String {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&stream.next_u64().to_le_bytes());
+    bytes[8..].copy_from_slice(&stream.next_u64().to_le_bytes());
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 #[cfg(test)]

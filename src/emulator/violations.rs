@@ -24,14 +24,16 @@ pub enum ViolationKind {
     ParameterAsHeader,
     /// A `/api/v2/` path: this integration is built for v3.
     V2Path,
-    /// A path or method the API does not have (bulk endpoints are not emulated either).
+    /// A path or method the API does not have.
     UnknownEndpoint,
     /// A create for a key that exists, without a lookup that answered 404 for it first.
     CreateForExistingKey,
+    /// A bulk request of more than 4000 items: Voyado refuses the whole request.
+    OversizedBatch,
 }
 
 impl ViolationKind {
-    pub const ALL: [ViolationKind; 10] = [
+    pub const ALL: [ViolationKind; 11] = [
         ViolationKind::EmptyValue,
         ViolationKind::UnknownAttribute,
         ViolationKind::ReadOnlyAttribute,
@@ -42,6 +44,7 @@ impl ViolationKind {
         ViolationKind::V2Path,
         ViolationKind::UnknownEndpoint,
         ViolationKind::CreateForExistingKey,
+        ViolationKind::OversizedBatch,
     ];
 }
 

@@ -686,7 +686,7 @@ async fn v2_paths_and_unknown_endpoints_are_recorded() {
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     let bulk = api
         .send(
-            api.request(Method::POST, "/api/v3/contacts/bulk")
+            api.request(Method::POST, "/api/v3/contacts/bulk/nope")
                 .json(&json!([])),
         )
         .await;
