@@ -9,4 +9,5 @@ mod input;
 mod object_store;
 mod reliability;
 mod state;
+mod shard;
 mod sync;
