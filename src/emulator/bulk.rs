@@ -245,7 +245,11 @@ pub fn submit(
 /// assumed: Voyado documents only v2's path and no shape.
 pub fn status(tenant: &Tenant, params: &[(String, String)], now: Instant) -> Reply {
     let Some(id) = param(params, "batchId").filter(|id| !id.trim().is_empty()) else {
-        return error(400, "MissingBatchId", "the batchId query parameter is required");
+        return error(
+            400,
+            "MissingBatchId",
+            "the batchId query parameter is required",
+        );
     };
     let Some(info) = tenant.batches.info(id, now) else {
         return error(404, "BatchNotFound", "no batch with this id");
@@ -283,8 +287,12 @@ fn process(tenant: &mut Tenant, index: usize) {
         return;
     };
     let items = std::mem::take(&mut batch.items);
-    let (kind, contact_type, fate, total) =
-        (batch.kind, batch.contact_type.clone(), batch.fate, batch.total);
+    let (kind, contact_type, fate, total) = (
+        batch.kind,
+        batch.contact_type.clone(),
+        batch.fate,
+        batch.total,
+    );
     let outcome = match fate {
         BatchFate::Fail => Outcome {
             status: BatchStatus::Failed,

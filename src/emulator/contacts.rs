@@ -162,15 +162,28 @@ pub enum WriteError {
     /// The contact type is unknown (or, in a batch item, not the batch's type).
     InvalidContactType(String),
     /// The contact type's key attribute is absent, null or empty where it is required.
-    MissingKey { key: String, type_name: String },
+    MissingKey {
+        key: String,
+        type_name: String,
+    },
     /// The key attribute holds a value Engage refuses.
-    InvalidKey { key: String, message: String },
+    InvalidKey {
+        key: String,
+        message: String,
+    },
     /// An update sets the key attribute to an empty value.
-    KeyCleared { key: String },
+    KeyCleared {
+        key: String,
+    },
     /// Any other refused value, or a mandatory attribute missing.
-    Invalid { attribute: String, message: String },
+    Invalid {
+        attribute: String,
+        message: String,
+    },
     /// Another approved contact of the type has this key.
-    KeyTaken { key: String },
+    KeyTaken {
+        key: String,
+    },
     NotFound,
 }
 
@@ -334,7 +347,9 @@ pub fn type_key(tenant: &Tenant, type_name: &str) -> Result<String, WriteError> 
         .settings
         .contact_type(type_name)
         .map(|t| t.key.clone())
-        .ok_or_else(|| WriteError::InvalidContactType(format!("unknown contact type `{type_name}`")))
+        .ok_or_else(|| {
+            WriteError::InvalidContactType(format!("unknown contact type `{type_name}`"))
+        })
 }
 
 /// Query parameters of a create.
@@ -403,12 +418,14 @@ pub fn create(tenant: &mut Tenant, params: CreateParams, mut body: Map<String, V
         None | Some(Value::Null) => "Member".to_string(),
         Some(Value::String(s)) => s,
         Some(other) => {
-            return WriteError::InvalidContactType(format!("invalid contact type {other}"))
-                .reply();
+            return WriteError::InvalidContactType(format!("invalid contact type {other}")).reply();
         }
     };
     match create_contact(tenant, Endpoint::Create, &type_name, &params, body) {
-        Ok(id) => Reply::ok(201, tenant.get(&id).map(Contact::to_api).unwrap_or(Value::Null)),
+        Ok(id) => Reply::ok(
+            201,
+            tenant.get(&id).map(Contact::to_api).unwrap_or(Value::Null),
+        ),
         Err(e) => e.reply(),
     }
 }
@@ -464,7 +481,10 @@ pub fn update_contact(
     let cleaned = clean(tenant, endpoint, body);
     cleaned.check(&key, &type_name, matches!(target, Target::Key { .. }))?;
     let mut attributes = cleaned.attributes;
-    let key_value = attributes.get(&key).and_then(Value::as_str).map(str::to_string);
+    let key_value = attributes
+        .get(&key)
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let id = match (target, &key_value) {
         (Target::Id(id), _) => id.to_string(),
         (Target::Key { .. }, Some(value)) => {
@@ -494,7 +514,10 @@ pub fn update_contact(
 /// `PATCH /api/v3/contacts/{contactId}`
 pub fn update(tenant: &mut Tenant, id: &str, body: Map<String, Value>) -> Reply {
     match update_contact(tenant, Endpoint::Update, Target::Id(id), body) {
-        Ok(id) => Reply::ok(200, tenant.get(&id).map(Contact::to_api).unwrap_or(Value::Null)),
+        Ok(id) => Reply::ok(
+            200,
+            tenant.get(&id).map(Contact::to_api).unwrap_or(Value::Null),
+        ),
         Err(e) => e.reply(),
     }
 }

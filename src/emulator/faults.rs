@@ -178,10 +178,9 @@ impl FaultState {
     /// The fate of a batch being accepted. Both streams are consulted for every batch, so
     /// turning one of the two faults on does not shift when the other fires.
     pub fn batch_fate(&mut self) -> BatchFate {
-        let stall = self.config.bulk_stall_rate > 0.0
-            && self.stall.chance(self.config.bulk_stall_rate);
-        let fail =
-            self.config.bulk_fail_rate > 0.0 && self.fail.chance(self.config.bulk_fail_rate);
+        let stall =
+            self.config.bulk_stall_rate > 0.0 && self.stall.chance(self.config.bulk_stall_rate);
+        let fail = self.config.bulk_fail_rate > 0.0 && self.fail.chance(self.config.bulk_fail_rate);
         if stall {
             self.injected.stalled_batches += 1;
             BatchFate::Stall
@@ -269,8 +268,14 @@ mod tests {
             FaultState::new(Faults::default()).batch_fate(),
             BatchFate::Apply
         );
-        assert_eq!((f.injected.stalled_batches, f.injected.failed_batches), (1, 0));
-        assert_eq!((g.injected.stalled_batches, g.injected.failed_batches), (0, 1));
+        assert_eq!(
+            (f.injected.stalled_batches, f.injected.failed_batches),
+            (1, 0)
+        );
+        assert_eq!(
+            (g.injected.stalled_batches, g.injected.failed_batches),
+            (0, 1)
+        );
     }
 
     #[test]

@@ -295,10 +295,26 @@ async fn api(
             Err(reply) => reply,
         },
         Route::BulkCreate => {
-            bulk_submit(&state, BatchKind::Create, &params, &parts.headers, &what, body).await
+            bulk_submit(
+                &state,
+                BatchKind::Create,
+                &params,
+                &parts.headers,
+                &what,
+                body,
+            )
+            .await
         }
         Route::BulkUpdate => {
-            bulk_submit(&state, BatchKind::Update, &params, &parts.headers, &what, body).await
+            bulk_submit(
+                &state,
+                BatchKind::Update,
+                &params,
+                &parts.headers,
+                &what,
+                body,
+            )
+            .await
         }
         Route::BulkStatus => bulk::status(&lock(&state.tenant), &params, Instant::now()),
         Route::V2 => message(404, "v2 paths are not emulated: use /api/v3/"),
@@ -424,7 +440,10 @@ mod tests {
         );
         assert_eq!(r(Method::POST, "/api/v2/contacts"), Route::V2);
         assert_eq!(r(Method::POST, "/api/v3/contacts/bulk"), Route::BulkCreate);
-        assert_eq!(r(Method::PATCH, "/api/v3/contacts/Bulk/"), Route::BulkUpdate);
+        assert_eq!(
+            r(Method::PATCH, "/api/v3/contacts/Bulk/"),
+            Route::BulkUpdate
+        );
         assert_eq!(
             r(Method::GET, "/api/v3/contacts/bulk/status"),
             Route::BulkStatus

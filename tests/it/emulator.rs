@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use voyado_sync::emulator::{
-    CreatedBy, Deletion, Dump, Emulator, EmulatorConfig, Endpoint, Faults, RateLimit, ViolationKind,
+    BatchKind, BatchStatus, CreatedBy, Deletion, Dump, Emulator, EmulatorConfig, Endpoint, Faults,
+    RateLimit, ViolationKind,
 };
 
 const KEY: &str = "test-api-key-123";
@@ -1084,6 +1085,698 @@ async fn delete_on_start_removes_a_seeded_share_of_seed_contacts() {
     let a = run(9).await;
     assert!(!a.is_empty() && a.len() < 30, "{}", a.len());
     assert_eq!(a, run(9).await);
+}
+
+// ---- Bulk -------------------------------------------------------------------------------
+
+impl Api {
+    async fn bulk(&self, method: Method, query: &str, body: Value) -> Answer {
+        self.send(
+            self.request(method, &format!("/api/v3/contacts/bulk{query}"))
+                .json(&body),
+        )
+        .await
+    }
+
+    async fn bulk_status(&self, id: &str) -> Answer {
+        self.send(self.request(
+            Method::GET,
+            &format!("/api/v3/contacts/bulk/status?batchId={id}"),
+        ))
+        .await
+    }
+
+    /// Submits a batch that must be accepted; returns its id.
+    async fn bulk_ok(&self, method: Method, query: &str, body: Value) -> String {
+        let answer = self.bulk(method, query, body).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text);
+        answer.body.as_str().unwrap().to_string()
+    }
+
+    /// Polls a batch until it has ended (at most 10 s); returns the last status body.
+    async fn bulk_done(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = self.bulk_status(id).await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+            let status = answer.body["status"].as_str().unwrap_or_default();
+            if matches!(status, "Completed" | "Failed") || Instant::now() > deadline {
+                return answer.body;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn bulk_config(delay: Duration) -> EmulatorConfig {
+    let mut c = config();
+    c.bulk_delay = delay;
+    c
+}
+
+/// `(index, errorCode)` of each refused item in a status body.
+fn item_errors(status: &Value) -> Vec<(u64, String)> {
+    status["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap(),
+                e["errorCode"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn status_of(body: &Value) -> &str {
+    body["status"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn bulk_create_is_accepted_with_202_and_a_batch_id_string() {
+    let (emulator, api) = start(config()).await;
+    let answer = api
+        .bulk(
+            Method::POST,
+            "",
+            json!([{"email": "b1@example.com", "firstName": "Bo"}, {"email": "b2@example.com"}]),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
+    assert!(answer.text.starts_with('"'), "{}", answer.text);
+    let id = answer.body.as_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "{id}");
+    let batches = emulator.batches();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(
+        (&batches[0].id, batches[0].kind, batches[0].items),
+        (&id, BatchKind::Create, 2)
+    );
+    assert_eq!(batches[0].contact_type, "Member");
+
+    let done = api.bulk_done(&id).await;
+    assert_eq!(
+        done,
+        json!({"batchId": id, "status": "Completed", "totalItems": 2, "succeededItems": 2,
+               "failedItems": 0, "errors": []})
+    );
+    let stored = emulator.find("email", "b1@example.com");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].created_by, CreatedBy::Client);
+    assert_eq!(stored[0].get("firstName"), Some(&json!("Bo")));
+    assert!(stored[0].get("memberNumber").is_some_and(Value::is_string));
+    assert_eq!(emulator.find("email", "b2@example.com").len(), 1);
+    assert_no_violations(&emulator);
+
+    let r = emulator.requests();
+    assert_eq!(r.count(Endpoint::BulkCreate, 202), 1);
+    assert!(r.count(Endpoint::BulkStatus, 200) >= 1);
+    let raw = serde_json::to_value(emulator.dump()).unwrap();
+    assert_eq!(raw["requests"]["POST /api/v3/contacts/bulk"]["202"], 1);
+    assert_eq!(raw["batches"][0]["status"], "Completed");
+    assert_eq!(raw["batches"][0]["succeeded"], 2);
+}
+
+#[tokio::test]
+async fn a_batch_is_queued_then_applied_after_the_delay_even_unpolled() {
+    let delay = Duration::from_millis(400);
+    let (emulator, api) = start(bulk_config(delay)).await;
+    let started = Instant::now();
+    let id = api
+        .bulk_ok(Method::POST, "", json!([{"email": "d1@example.com"}]))
+        .await;
+    let early = api.bulk_status(&id).await;
+    if started.elapsed() < delay / 2 {
+        assert_eq!(status_of(&early.body), "Queued", "{}", early.text);
+        assert_eq!(early.body["succeededItems"], 0);
+        assert!(emulator.find("email", "d1@example.com").is_empty());
+        assert_eq!(emulator.batch(&id).unwrap().status, BatchStatus::Queued);
+    }
+    tokio::time::sleep(delay + Duration::from_millis(50)).await;
+    // Nobody polled since: the accessors and the admin dump see the batch applied.
+    assert_eq!(emulator.find("email", "d1@example.com").len(), 1);
+    assert_eq!(emulator.batch(&id).unwrap().status, BatchStatus::Completed);
+    let dump: Value = api
+        .http
+        .get(format!("{}/_emulator/dump", api.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dump["contacts"].as_array().unwrap().len(), 1);
+    let done = api.bulk_status(&id).await;
+    assert_eq!(status_of(&done.body), "Completed");
+    assert!(started.elapsed() >= delay);
+}
+
+#[tokio::test]
+async fn a_stalled_batch_stays_processing_and_applies_nothing() {
+    let delay = Duration::from_millis(300);
+    let mut c = faulty(Faults {
+        bulk_stall_rate: 1.0,
+        ..Faults::default()
+    });
+    c.bulk_delay = delay;
+    let (emulator, api) = start(c).await;
+    let started = Instant::now();
+    let id = api
+        .bulk_ok(Method::POST, "", json!([{"email": "st@example.com"}]))
+        .await;
+    let early = api.bulk_status(&id).await;
+    if started.elapsed() < delay / 2 {
+        assert_eq!(status_of(&early.body), "Queued");
+    }
+    tokio::time::sleep(delay * 2).await;
+    for _ in 0..2 {
+        let late = api.bulk_status(&id).await;
+        assert_eq!(status_of(&late.body), "Processing", "{}", late.text);
+        assert_eq!(late.body["succeededItems"], 0);
+        tokio::time::sleep(delay).await;
+    }
+    assert!(emulator.contacts().is_empty());
+    assert_eq!(emulator.batches()[0].status, BatchStatus::Processing);
+    assert_eq!(emulator.injected_faults().stalled_batches, 1);
+}
+
+#[tokio::test]
+async fn bulk_create_reports_each_refused_item_by_index() {
+    let mut c = bulk_config(Duration::ZERO);
+    c.seed_contacts = vec![object(json!({"email": "old@example.com"}))];
+    let (emulator, api) = start(c).await;
+    let id = api
+        .bulk_ok(
+            Method::POST,
+            "?contactType=Member",
+            json!([
+                {"email": "ok1@example.com", "firstName": "A"},
+                {"firstName": "Nokey"},
+                {"email": ""},
+                {"email": "not-an-email"},
+                {"email": "bd@example.com", "birthDay": "1990-13-01", "firstName": "Bd"},
+                {"email": "g@example.com", "gender": "male"},
+                {"email": "OLD@example.com"},
+                {"email": "dup@example.com", "contactType": "Member"},
+                {"email": "Dup@Example.com", "firstName": "Second"},
+                {"email": "cc@example.com", "countryCode": "Sweden"},
+                {"email": "robot@example.com", "contactType": "Robot"},
+            ]),
+        )
+        .await;
+    let done = api.bulk_done(&id).await;
+    assert_eq!(status_of(&done), "Completed");
+    let expected: Vec<(u64, String)> = [
+        (1, "MissingKey"),
+        (2, "MissingKey"),
+        (3, "InvalidEmailAddress"),
+        (4, "ValidationError"),
+        (5, "ValidationError"),
+        (6, "ContactAlreadyExists"),
+        (8, "ContactAlreadyExists"),
+        (9, "ValidationError"),
+        (10, "InvalidContactType"),
+    ]
+    .into_iter()
+    .map(|(i, c)| (i, c.to_string()))
+    .collect();
+    assert_eq!(item_errors(&done), expected);
+    assert_eq!(
+        (
+            &done["totalItems"],
+            &done["succeededItems"],
+            &done["failedItems"]
+        ),
+        (&json!(11), &json!(2), &json!(9))
+    );
+    let errors = done["errors"].as_array().unwrap();
+    assert_eq!(errors[0]["key"], Value::Null);
+    assert_eq!(errors[2]["key"], "not-an-email");
+    assert!(errors[2]["message"].is_string());
+    // A refused item is not applied at all.
+    assert!(emulator.find("email", "bd@example.com").is_empty());
+    let dup = emulator.find("email", "dup@example.com");
+    assert_eq!(dup.len(), 1);
+    assert_eq!(dup[0].get("firstName"), None);
+    assert_eq!(emulator.contacts().len(), 3);
+    // Blind creates of existing keys are the same mistake as on single creates.
+    let v = emulator.violations();
+    assert_eq!(v.count(ViolationKind::CreateForExistingKey), 2);
+    assert!(
+        v.get(ViolationKind::CreateForExistingKey)
+            .unwrap()
+            .example
+            .starts_with("POST /api/v3/contacts/bulk")
+    );
+    assert_eq!(v.count(ViolationKind::EmptyValue), 1);
+}
+
+#[tokio::test]
+async fn bulk_items_follow_the_contact_type_and_mandatory_attributes() {
+    let mut c = bulk_config(Duration::ZERO);
+    c.contact_types.push("Lead=mobilePhone".parse().unwrap());
+    c.contact_types
+        .push("Person=socialSecurityNumber".parse().unwrap());
+    c.mandatory = vec!["firstName".into()];
+    let (emulator, api) = start(c).await;
+    let leads = api
+        .bulk_ok(
+            Method::POST,
+            "?contactType=Lead",
+            json!([
+                {"mobilePhone": "0701234567", "firstName": "P"},
+                {"mobilePhone": "+46701234567", "firstName": "P"},
+                {"mobilePhone": "+46701234568"},
+                {"email": "lead@example.com", "firstName": "P"},
+            ]),
+        )
+        .await;
+    let done = api.bulk_done(&leads).await;
+    let codes: Vec<String> = item_errors(&done).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(
+        codes,
+        ["InvalidPhoneNumber", "ValidationError", "MissingKey"]
+    );
+    let lead = emulator.find("mobilePhone", "+46701234567");
+    assert_eq!(lead.len(), 1);
+    assert_eq!(lead[0].contact_type, "Lead");
+    assert_eq!(emulator.batches()[0].contact_type, "Lead");
+
+    let people = api
+        .bulk_ok(
+            Method::POST,
+            "?contactType=Person",
+            json!([{"socialSecurityNumber": "811218", "firstName": "S"}]),
+        )
+        .await;
+    let done = api.bulk_done(&people).await;
+    assert_eq!(
+        item_errors(&done),
+        [(0, "InvalidSocialSecurityNumber".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn bulk_update_matches_items_by_key() {
+    let mut c = bulk_config(Duration::ZERO);
+    c.seed_contacts = vec![
+        object(json!({"id": "a", "email": "a@example.com", "firstName": "Ann", "city": "Lund"})),
+        object(json!({"id": "b", "email": "b@example.com"})),
+    ];
+    let (emulator, api) = start(c).await;
+    let id = api
+        .bulk_ok(
+            Method::PATCH,
+            "?avoidTriggeringExport=false",
+            json!([
+                {"email": "A@EXAMPLE.COM", "firstName": "Anna", "contactType": "Lead"},
+                {"email": "nobody@example.com", "firstName": "X"},
+                {"firstName": "Nokey"},
+                {"email": "b@example.com", "birthDay": "1990-02-30", "lastName": "Berg"},
+                {"email": "bad"},
+            ]),
+        )
+        .await;
+    assert_eq!(emulator.batches()[0].kind, BatchKind::Update);
+    let done = api.bulk_done(&id).await;
+    let expected: Vec<(u64, String)> = [
+        (1, "ContactNotFound"),
+        (2, "MissingKey"),
+        (3, "ValidationError"),
+        (4, "InvalidEmailAddress"),
+    ]
+    .into_iter()
+    .map(|(i, c)| (i, c.to_string()))
+    .collect();
+    assert_eq!(item_errors(&done), expected);
+    assert_eq!(done["succeededItems"], 1);
+    let a = emulator.contact("a").unwrap();
+    assert_eq!(a.get("firstName"), Some(&json!("Anna")));
+    assert_eq!(a.get("city"), Some(&json!("Lund")));
+    assert_eq!(a.contact_type, "Member");
+    assert_eq!(emulator.contact("b").unwrap().get("lastName"), None);
+    assert_eq!(emulator.contacts().len(), 2);
+    let v = emulator.violations();
+    assert_eq!(v.count(ViolationKind::ContactTypeInPatch), 1);
+    assert!(
+        v.get(ViolationKind::ContactTypeInPatch)
+            .unwrap()
+            .example
+            .starts_with("PATCH /api/v3/contacts/bulk")
+    );
+    assert_eq!(emulator.requests().count(Endpoint::BulkUpdate, 202), 1);
+
+    // An item need hold only the key and what changes.
+    let second = api
+        .bulk_ok(
+            Method::PATCH,
+            "",
+            json!([{"email": "b@example.com", "externalId": "E1"}]),
+        )
+        .await;
+    assert_eq!(api.bulk_done(&second).await["succeededItems"], 1);
+    assert_eq!(
+        emulator.contact("b").unwrap().get("externalId"),
+        Some(&json!("E1"))
+    );
+}
+
+#[tokio::test]
+async fn bulk_empty_values_overwrite_and_are_violations() {
+    let mut c = bulk_config(Duration::ZERO);
+    c.seed_contacts = vec![object(
+        json!({"id": "e", "email": "e@example.com", "firstName": "Eve", "lastName": "Lee", "city": "Lund"}),
+    )];
+    let (emulator, api) = start(c).await;
+    let update = api
+        .bulk_ok(
+            Method::PATCH,
+            "",
+            json!([{"email": "e@example.com", "firstName": "", "lastName": null, "city": "  "}]),
+        )
+        .await;
+    assert_eq!(api.bulk_done(&update).await["succeededItems"], 1);
+    let e = emulator.contact("e").unwrap();
+    assert_eq!(e.get("firstName"), Some(&json!("")));
+    assert_eq!(e.get("lastName"), Some(&Value::Null));
+    assert_eq!(e.get("city"), Some(&json!("  ")));
+    let v = emulator.violations();
+    assert_eq!(v.count(ViolationKind::EmptyValue), 3);
+    assert!(
+        v.get(ViolationKind::EmptyValue)
+            .unwrap()
+            .example
+            .starts_with("PATCH /api/v3/contacts/bulk: attribute"),
+        "{v:?}"
+    );
+    // On create, as on single creates: "" is stored, null sets nothing.
+    let create = api
+        .bulk_ok(
+            Method::POST,
+            "",
+            json!([{"email": "n@example.com", "firstName": "", "city": null}]),
+        )
+        .await;
+    assert_eq!(api.bulk_done(&create).await["succeededItems"], 1);
+    let n = &emulator.find("email", "n@example.com")[0];
+    assert_eq!(n.get("firstName"), Some(&json!("")));
+    assert_eq!(n.get("city"), None);
+    assert_eq!(emulator.violations().count(ViolationKind::EmptyValue), 5);
+}
+
+#[tokio::test]
+async fn bulk_unknown_attributes_are_ignored_silently_and_recorded() {
+    let mut c = bulk_config(Duration::ZERO);
+    c.custom_attributes = vec!["loyaltyTier".into()];
+    let (emulator, api) = start(c).await;
+    let id = api
+        .bulk_ok(
+            Method::POST,
+            "",
+            json!([{"email": "u@example.com", "loyaltyTier": "gold", "loyalityTier": "typo", "age": 3}]),
+        )
+        .await;
+    let done = api.bulk_done(&id).await;
+    assert_eq!(done["succeededItems"], 1);
+    assert_eq!(done["errors"], json!([]));
+    let u = &emulator.find("email", "u@example.com")[0];
+    assert_eq!(u.get("loyaltyTier"), Some(&json!("gold")));
+    assert_eq!(u.get("loyalityTier"), None);
+    assert_eq!(u.get("age"), None);
+    let v = emulator.violations();
+    assert_eq!(v.count(ViolationKind::UnknownAttribute), 1);
+    assert_eq!(v.count(ViolationKind::ReadOnlyAttribute), 1);
+    let example = &v.get(ViolationKind::UnknownAttribute).unwrap().example;
+    assert!(
+        example.starts_with("POST /api/v3/contacts/bulk") && example.contains("loyalityTier"),
+        "{example}"
+    );
+}
+
+#[tokio::test]
+async fn more_than_4000_items_is_400_too_many_items_and_nothing_is_queued() {
+    let (emulator, api) = start(bulk_config(Duration::ZERO)).await;
+    let items = |n: usize| {
+        Value::Array(
+            (0..n)
+                .map(|i| json!({"email": format!("m{i}@example.com")}))
+                .collect(),
+        )
+    };
+    let refused = api.bulk(Method::POST, "", items(4001)).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert_eq!(code(&refused), "TooManyItems");
+    assert!(emulator.batches().is_empty());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(emulator.contacts().is_empty());
+    let v = emulator.violations();
+    assert_eq!(v.count(ViolationKind::OversizedBatch), 1);
+    assert_eq!(v.total(), 1);
+    assert_eq!(emulator.requests().count(Endpoint::BulkCreate, 400), 1);
+
+    let id = api.bulk_ok(Method::POST, "", items(4000)).await;
+    assert_eq!(api.bulk_done(&id).await["succeededItems"], 4000);
+    assert_eq!(emulator.contacts().len(), 4000);
+}
+
+#[tokio::test]
+async fn malformed_bulk_requests_are_400_and_queue_nothing() {
+    let (emulator, api) = start(config()).await;
+    let raw = |body: &'static str| {
+        api.request(Method::POST, "/api/v3/contacts/bulk")
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    for body in ["", "{not json", r#"{"email":"o@example.com"}"#, "[]"] {
+        let answer = api.send(raw(body)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(code(&answer), "NoData", "{body}");
+    }
+    let not_object = api
+        .bulk(
+            Method::PATCH,
+            "",
+            json!([{"email": "o@example.com"}, "o@example.com"]),
+        )
+        .await;
+    assert_eq!(not_object.status, StatusCode::BAD_REQUEST);
+    assert_eq!(code(&not_object), "InvalidBody");
+    let robot = api
+        .bulk(
+            Method::POST,
+            "?contactType=Robot",
+            json!([{"email": "o@example.com"}]),
+        )
+        .await;
+    assert_eq!(robot.status, StatusCode::BAD_REQUEST);
+    assert_eq!(code(&robot), "InvalidContactType");
+    assert!(emulator.batches().is_empty());
+    let get = api
+        .send(api.request(Method::GET, "/api/v3/contacts/bulk"))
+        .await;
+    assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        emulator.violations().count(ViolationKind::UnknownEndpoint),
+        1
+    );
+}
+
+#[tokio::test]
+async fn bulk_status_of_an_unknown_batch_is_404_and_without_an_id_400() {
+    let (emulator, api) = start(config()).await;
+    let unknown = api.bulk_status("no-such-batch").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(code(&unknown), "BatchNotFound");
+    let missing = api
+        .send(api.request(Method::GET, "/api/v3/contacts/bulk/status"))
+        .await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    let r = emulator.requests();
+    assert_eq!(r.count(Endpoint::BulkStatus, 404), 1);
+    assert_eq!(r.count(Endpoint::BulkStatus, 400), 1);
+    assert_no_violations(&emulator);
+}
+
+#[tokio::test]
+async fn a_failed_batch_applies_nothing() {
+    let (emulator, api) = start(faulty(Faults {
+        bulk_fail_rate: 1.0,
+        ..Faults::default()
+    }))
+    .await;
+    let id = api
+        .bulk_ok(
+            Method::POST,
+            "",
+            json!([{"email": "f1@example.com"}, {"email": "f2@example.com"}]),
+        )
+        .await;
+    let done = api.bulk_done(&id).await;
+    assert_eq!(status_of(&done), "Failed", "{done}");
+    assert_eq!(done["errors"], json!([]));
+    assert!(done["message"].is_string());
+    assert_eq!(
+        (&done["succeededItems"], &done["failedItems"]),
+        (&json!(0), &json!(2))
+    );
+    assert!(emulator.contacts().is_empty());
+    assert_eq!(emulator.batches()[0].status, BatchStatus::Failed);
+    assert_eq!(emulator.injected_faults().failed_batches, 1);
+}
+
+#[tokio::test]
+async fn a_lost_bulk_answer_still_queues_and_applies_the_batch() {
+    let (emulator, api) = start(faulty(Faults {
+        lost_answer_rate: 1.0,
+        ..Faults::default()
+    }))
+    .await;
+    let sent = api
+        .request(Method::POST, "/api/v3/contacts/bulk")
+        .json(&json!([{"email": "lostbulk@example.com"}]))
+        .send()
+        .await;
+    let err = sent.expect_err("the answer must be lost");
+    assert!(!err.is_status() && !err.is_timeout(), "{err:?}");
+    let batches = emulator.batches();
+    assert_eq!(batches.len(), 1);
+    // The status endpoint is not a write: it is answered.
+    let done = api.bulk_done(&batches[0].id).await;
+    assert_eq!(status_of(&done), "Completed");
+    assert_eq!(emulator.find("email", "lostbulk@example.com").len(), 1);
+    assert_eq!(emulator.requests().count(Endpoint::BulkCreate, 0), 1);
+    assert_eq!(emulator.injected_faults().lost_answers, 1);
+}
+
+#[tokio::test]
+async fn bulk_calls_without_the_api_key_are_401() {
+    let (emulator, api) = start(config()).await;
+    let http = reqwest::Client::builder()
+        .user_agent("t/1")
+        .build()
+        .unwrap();
+    let url = format!("{}/api/v3/contacts/bulk", api.base);
+    let body = json!([{"email": "k@example.com"}]);
+    let post = http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(post.status(), StatusCode::UNAUTHORIZED);
+    let patch = http
+        .patch(&url)
+        .header("apikey", "wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), StatusCode::UNAUTHORIZED);
+    let status = http
+        .get(format!("{url}/status?batchId=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), StatusCode::UNAUTHORIZED);
+    assert!(emulator.batches().is_empty());
+    let r = emulator.requests();
+    assert_eq!(r.count(Endpoint::BulkCreate, 401), 1);
+    assert_eq!(r.count(Endpoint::BulkUpdate, 401), 1);
+    assert_eq!(r.count(Endpoint::BulkStatus, 401), 1);
+}
+
+#[tokio::test]
+async fn bulk_body_without_json_content_type_is_500() {
+    let (emulator, api) = start(config()).await;
+    let answer = api
+        .send(
+            api.request(Method::POST, "/api/v3/contacts/bulk")
+                .body(r#"[{"email":"ct@example.com"}]"#),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        answer.text.contains("An error has occurred"),
+        "{}",
+        answer.text
+    );
+    assert!(emulator.batches().is_empty());
+    assert_eq!(
+        emulator
+            .violations()
+            .count(ViolationKind::MissingContentType),
+        1
+    );
+}
+
+#[tokio::test]
+async fn rate_cap_server_errors_and_latency_apply_to_bulk_calls() {
+    let body = json!([{"email": "rl@example.com"}]);
+    let (errors, api) = start(faulty(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    }))
+    .await;
+    let failed = api.bulk(Method::POST, "", body.clone()).await;
+    assert!(failed.status.is_server_error(), "{}", failed.status);
+    assert!(api.bulk_status("x").await.status.is_server_error());
+    assert!(errors.batches().is_empty());
+    assert_eq!(errors.injected_faults().server_errors, 2);
+
+    let (capped, api) = start(faulty(Faults {
+        rate_limit: Some(RateLimit {
+            requests: 1,
+            window: Duration::from_secs(3600),
+            retry_after_secs: None,
+        }),
+        ..Faults::default()
+    }))
+    .await;
+    let id = api.bulk_ok(Method::POST, "", body.clone()).await;
+    let limited = api.bulk_status(&id).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let again = api.bulk(Method::PATCH, "", body.clone()).await;
+    assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(capped.batches().len(), 1);
+    assert_eq!(capped.requests().count(Endpoint::BulkStatus, 429), 1);
+
+    let (_slow, api) = start(faulty(Faults {
+        latency: Duration::from_millis(200),
+        ..Faults::default()
+    }))
+    .await;
+    let started = Instant::now();
+    api.bulk_ok(Method::POST, "", body).await;
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn the_same_seed_gives_the_same_batch_ids_and_faults() {
+    let run = |seed| async move {
+        let (emulator, api) = start(faulty(Faults {
+            seed,
+            bulk_fail_rate: 0.5,
+            ..Faults::default()
+        }))
+        .await;
+        let mut out = Vec::new();
+        for i in 0..8 {
+            let id = api
+                .bulk_ok(
+                    Method::POST,
+                    "",
+                    json!([{"email": format!("s{i}@example.com")}]),
+                )
+                .await;
+            let done = api.bulk_done(&id).await;
+            out.push((id, status_of(&done).to_string()));
+        }
+        drop(emulator);
+        out
+    };
+    let a = run(11).await;
+    assert_eq!(a, run(11).await);
+    let statuses: Vec<&str> = a.iter().map(|(_, s)| s.as_str()).collect();
+    assert!(
+        statuses.contains(&"Failed") && statuses.contains(&"Completed"),
+        "{statuses:?}"
+    );
 }
 
 // ---- Command line -----------------------------------------------------------------------
