@@ -388,7 +388,10 @@ pub fn create_contact(
         .to_string();
     let missed = (key.clone(), normalize_key(&key, &key_value));
     if key_holder(tenant, type_name, &key, &key_value, None).is_some() {
-        if !tenant.missed_lookups.contains(&missed) {
+        // Bulk items are matched by key and an existing key is an ordinary item error the
+        // client is expected to handle (update instead); only a single create is meant to
+        // follow a lookup.
+        if endpoint == Endpoint::Create && !tenant.missed_lookups.contains(&missed) {
             tenant.violations.record(
                 ViolationKind::CreateForExistingKey,
                 format!(

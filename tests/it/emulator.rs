@@ -1320,15 +1320,10 @@ async fn bulk_create_reports_each_refused_item_by_index() {
     assert_eq!(dup.len(), 1);
     assert_eq!(dup[0].get("firstName"), None);
     assert_eq!(emulator.contacts().len(), 3);
-    // Blind creates of existing keys are the same mistake as on single creates.
+    // Bulk items are matched by key: an existing key is an item error, not a protocol
+    // violation (the client updates those items instead).
     let v = emulator.violations();
-    assert_eq!(v.count(ViolationKind::CreateForExistingKey), 2);
-    assert!(
-        v.get(ViolationKind::CreateForExistingKey)
-            .unwrap()
-            .example
-            .starts_with("POST /api/v3/contacts/bulk")
-    );
+    assert_eq!(v.count(ViolationKind::CreateForExistingKey), 0);
     assert_eq!(v.count(ViolationKind::EmptyValue), 1);
 }
 

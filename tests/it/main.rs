@@ -8,6 +8,6 @@ mod emulator;
 mod input;
 mod object_store;
 mod reliability;
-mod state;
 mod shard;
+mod state;
 mod sync;
