@@ -72,23 +72,6 @@ pub struct RequestCounts {
     pub bulk_status: BTreeMap<String, u64>,
 }
 
-impl RequestCounts {
-    /// Every request made, whatever its answer.
-    pub fn total(&self) -> u64 {
-        [
-            &self.lookup,
-            &self.create,
-            &self.update,
-            &self.bulk_create,
-            &self.bulk_update,
-            &self.bulk_status,
-        ]
-        .iter()
-        .flat_map(|m| m.values())
-        .sum()
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Endpoint {
     Lookup,
