@@ -126,10 +126,10 @@ def one_path(api, n, rps, concurrency, root):
     contacts = d["contacts"]
     emails = {c["attributes"].get("email") for c in contacts}
     sample = next(c for c in contacts if c["attributes"].get("email") == "c1@example.com")
-    ok = (len(contacts) == n and len(emails) == n and d["violation_total"] == 0
+    ok = (len(contacts) == n and len(emails) == n and d["violationTotal"] == 0
           and sample["attributes"]["churn_score"] == round(7919 % 1000 / 1000 + 2, 3)
-          and sample["attributes"]["loyalty_tier"] == "bronze")
-    return results, ok, len(contacts), d["violation_total"]
+          and sample["attributes"]["loyalty_tier"] == "gold")
+    return results, ok, len(contacts), d["violationTotal"]
 
 
 def main():
