@@ -22,8 +22,9 @@ CUSTOM = ["newsletter", "signed_up_at", "churn_score", "segment", "order_count",
           "total_spent", "last_order_at", "loyalty_tier"]
 
 
-def config(data, version, memory_mb):
+def config(data, version, memory_mb, datafusion=()):
     custom = ", ".join(f'"{c}"' for c in CUSTOM)
+    datafusion_lines = "\n".join(f'"{k}" = "{v}"' for k, v in datafusion)
     return f"""name = "bench"
 [source]
 tables = {{ customers = "{version}/customers.parquet", orders = "{version}/orders.parquet" }}
@@ -48,6 +49,8 @@ mode = "upsert"
 state = "state"
 [limits]
 memory_limit_mb = {memory_mb}
+[datafusion]
+{datafusion_lines}
 """
 
 
@@ -66,6 +69,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--memory-mb", type=int, default=2048)
+    ap.add_argument("--datafusion", action="append", default=[], metavar="KEY=VALUE",
+                    help="a [datafusion] session option for our runs (repeatable)")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "voyado-sync"))
     args = ap.parse_args()
     data = os.path.join(HERE, "data", str(args.rows))
@@ -74,7 +79,8 @@ def main():
         subprocess.run([sys.executable, os.path.join(HERE, "generate.py"), str(args.rows), data], check=True)
     for v in ("v1", "v2"):
         with open(os.path.join(data, f"sync-{v}.toml"), "w") as f:
-            f.write(config(data, v, args.memory_mb))
+            f.write(config(data, v, args.memory_mb,
+                           [o.split("=", 1) for o in args.datafusion]))
     subprocess.run([args.binary, "-q", "reset", "-c", os.path.join(data, "sync-v1.toml")], check=True,
                    stdout=subprocess.DEVNULL)
     base_s, base_rss, _ = timed([args.binary, "-q", "baseline", "-c", os.path.join(data, "sync-v1.toml")])

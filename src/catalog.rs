@@ -37,6 +37,13 @@ pub fn session(settings: &Settings) -> Result<SessionContext> {
         .execution
         .parquet
         .schema_force_view_types = false;
+    // The user's `[datafusion]` options come last, so they can override any choice above.
+    for (key, value) in &settings.datafusion {
+        config
+            .options_mut()
+            .set(key, value)
+            .map_err(|e| Error::config(format!("[datafusion] {key}: {}", one_line(&e))))?;
+    }
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     for udf in crate::identity::udf::all()
         .into_iter()

@@ -38,6 +38,10 @@ pub struct Config {
     /// (`endpoint`, `region`, `allow_http`, ...).
     #[serde(default)]
     pub storage: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    /// DataFusion session options by name (`"optimizer.prefer_hash_join" = false`), for
+    /// tuning the model's execution beyond what `[limits]` chooses.
+    #[serde(default)]
+    pub datafusion: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

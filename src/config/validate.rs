@@ -40,6 +40,8 @@ pub struct Settings {
     pub notes: Vec<String>,
     /// Set by `--shard i/n`: this worker's rows only, with their own state and lock.
     pub shard: Option<super::Shard>,
+    /// `[datafusion]` session options, full names (`datafusion.` prefixed), checked.
+    pub datafusion: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -702,6 +704,35 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
         storage.push((prefix.clone(), opts));
     }
 
+    let mut datafusion = Vec::new();
+    let mut probe = datafusion::config::ConfigOptions::new();
+    for (key, value) in &config.datafusion {
+        let name = if key.starts_with("datafusion.") {
+            key.clone()
+        } else {
+            format!("datafusion.{key}")
+        };
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            _ => {
+                problems.push(format!(
+                    "[datafusion] {key}: must be a string, number or boolean"
+                ));
+                continue;
+            }
+        };
+        match probe.set(&name, &text) {
+            Ok(()) => datafusion.push((name, text)),
+            Err(e) => problems.push(format!(
+                "[datafusion] {key}: {}",
+                crate::catalog::one_line(&e)
+            )),
+        }
+    }
+
     if !problems.is_empty() {
         return Err(Error::Config(problems));
     }
@@ -759,5 +790,6 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
         storage,
         notes,
         shard: None,
+        datafusion,
     })
 }

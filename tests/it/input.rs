@@ -185,6 +185,40 @@ fn config_values_of_the_wrong_type_are_named() {
 }
 
 #[test]
+fn datafusion_options_are_applied_and_unknown_ones_named() {
+    let s = Sync::new();
+    s.land(&batch(&[row("a@x.se", 1), row("b@x.se", 2)]));
+    let write = |options: &str| {
+        s.write_config(
+            "SELECT * FROM t",
+            "id",
+            "email",
+            "upsert",
+            &format!("{MAPPING}\n[datafusion]\n{options}\n"),
+        )
+    };
+    write("\"optimizer.prefer_hash_join\" = false\n\"datafusion.execution.batch_size\" = 1");
+    let out = cli(&["plan", "--json", "-c", s.config().to_str().unwrap()], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(counts(&parse(&out)), [2, 0, 0, 0, 0]);
+    write("\"optimizer.prefer_hash_joins\" = false\n\"execution.batch_size\" = \"many\"");
+    let out = cli(&["plan", "-c", s.config().to_str().unwrap()], &[]);
+    assert_eq!(out.code, 2);
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("[datafusion]"))
+        .collect();
+    assert_eq!(errors.len(), 2, "{}", out.stderr);
+    assert!(errors[0].contains("execution.batch_size"), "{}", out.stderr);
+    assert!(
+        errors[1].contains("optimizer.prefer_hash_joins"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn run_without_the_api_key_sends_nothing() {
     let s = Sync::new();
     s.land(&batch(&[row("a@x.se", 1)]));

@@ -667,7 +667,10 @@ async fn an_object_store_refusing_the_state_stops_before_sending() {
         .lines()
         .find(|l| l.starts_with("error:"))
         .unwrap();
-    assert!(err.starts_with("error: state: ") && err.contains("403"), "{err}");
+    assert!(
+        err.starts_with("error: state: ") && err.contains("403"),
+        "{err}"
+    );
     assert!(!err.contains("test-secret"));
     assert!(
         hits.load(Ordering::SeqCst) > 0,
