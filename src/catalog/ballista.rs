@@ -17,7 +17,8 @@ pub fn client_session(url: &str, runtime: Arc<RuntimeEnv>) -> Result<SessionCont
     // new_with_ballista() applies Ballista's restricted options once, so the crate's
     // options set after it are the ones sent with every query.
     // The static planner, not adaptive planning: with adaptive planning, Ballista 55 re-ran
-    // a stage without end when a join's side was an empty table (a first run's snapshot).
+    // a stage without end when a join's side was an empty table (a first run's snapshot),
+    // and its empty-stage rewrites have had wrong-result bugs (datafusion-ballista#2185).
     let config = super::tune(SessionConfig::new_with_ballista())
         .with_ballista_job_name("voyado-sync")
         .with_ballista_adaptive_query_planner(false);
