@@ -3,22 +3,49 @@
 use std::sync::Arc;
 
 use datafusion::execution::memory_pool::FairSpillPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use object_store::ObjectStore;
 
-use crate::config::{Location, Settings};
+use crate::config::{Engine, Location, Settings};
 use crate::error::{Error, Result, df_message};
 
-/// A session bounded by `memory_limit_mb`, with the crate's functions registered.
+#[cfg(feature = "ballista")]
+pub mod ballista;
+
+/// A session bounded by `memory_limit_mb`, with the crate's functions registered; with
+/// `[engine] kind = "ballista"`, one whose queries run on the cluster.
 pub fn session(settings: &Settings) -> Result<SessionContext> {
+    let runtime = runtime(settings)?;
+    match &settings.engine {
+        Engine::Local => {
+            let config = tune(SessionConfig::new(), settings)?;
+            let ctx = SessionContext::new_with_config_rt(config, runtime);
+            register_functions(&ctx);
+            Ok(ctx)
+        }
+        #[cfg(feature = "ballista")]
+        Engine::Ballista { url } => ballista::client_session(url, runtime, settings),
+        #[cfg(not(feature = "ballista"))]
+        Engine::Ballista { .. } => Err(Error::config(
+            "[engine] kind = \"ballista\": this voyado-sync was built without the `ballista` feature (build it with --features ballista)",
+        )),
+    }
+}
+
+fn runtime(settings: &Settings) -> Result<Arc<RuntimeEnv>> {
     let bytes = settings.limits.memory_limit_mb as usize * 1024 * 1024;
-    let runtime = RuntimeEnvBuilder::new()
+    RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(bytes)))
         .build_arc()
-        .map_err(|e| Error::Internal(df_message("memory pool", &e)))?;
+        .map_err(|e| Error::Internal(df_message("memory pool", &e)))
+}
+
+/// The crate's options, then the user's `[datafusion]` ones, on a session config (shared by
+/// the local and the Ballista engine).
+fn tune(config: SessionConfig, settings: &Settings) -> Result<SessionConfig> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut config = SessionConfig::new()
+    let mut config = config
         .with_target_partitions(threads)
         .with_information_schema(false);
     // DataFusion 55 replaces a column by a literal when a file's min and max statistics are
@@ -37,21 +64,29 @@ pub fn session(settings: &Settings) -> Result<SessionContext> {
         .execution
         .parquet
         .schema_force_view_types = false;
-    // The user's `[datafusion]` options come last, so they can override any choice above.
+    // The user's `[datafusion]` options come last, so they can override any choice above
+    // (checked when the config was loaded).
     for (key, value) in &settings.datafusion {
         config
             .options_mut()
             .set(key, value)
             .map_err(|e| Error::config(format!("[datafusion] {key}: {}", one_line(&e))))?;
     }
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
-    for udf in crate::identity::udf::all()
+    Ok(config)
+}
+
+/// The crate's scalar functions (identity rules, row hash).
+pub fn functions() -> Vec<datafusion::logical_expr::ScalarUDF> {
+    crate::identity::udf::all()
         .into_iter()
         .chain(crate::diff::row_hash::all())
-    {
+        .collect()
+}
+
+fn register_functions(ctx: &SessionContext) {
+    for udf in functions() {
         ctx.register_udf(udf);
     }
-    Ok(ctx)
 }
 
 /// Builds the object store for a bucket/container URL from the environment's usual
@@ -165,15 +200,59 @@ pub async fn register_sources(ctx: &SessionContext, settings: &Settings) -> Resu
             ""
         };
         let opts = ParquetReadOptions::default().file_extension(ext);
-        ctx.register_parquet(table.as_str(), &path, opts)
-            .await
-            .map_err(|e| {
-                Error::Input(df_message(
-                    &format!("[source] tables.{table}: cannot read {loc}"),
-                    &e,
-                ))
-            })?;
+        let local_glob = matches!(loc, Location::Local(_)) && path.contains(['*', '?', '[']);
+        let registered = if settings.engine.is_ballista() && local_glob {
+            register_glob_files(ctx, table, &path, opts).await
+        } else {
+            ctx.register_parquet(table.as_str(), &path, opts).await
+        };
+        registered.map_err(|e| {
+            Error::Input(df_message(
+                &format!("[source] tables.{table}: cannot read {loc}"),
+                &e,
+            ))
+        })?;
     }
+    Ok(())
+}
+
+/// Registers the files a glob matches, listed here, as one table. A plan sent to a Ballista
+/// scheduler carries table paths as URLs without their glob, so the cluster would read every
+/// Parquet file of the folder instead.
+async fn register_glob_files(
+    ctx: &SessionContext,
+    table: &str,
+    glob: &str,
+    opts: ParquetReadOptions<'_>,
+) -> datafusion::error::Result<()> {
+    use datafusion::datasource::file_format::options::ReadOptions;
+    use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
+    use futures::TryStreamExt;
+
+    let glob = ListingTableUrl::parse(glob)?;
+    let state = ctx.state();
+    let options = opts.to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+    let store = state.runtime_env().object_store(glob.object_store())?;
+    let files: Vec<_> = glob
+        .list_all_files(&state, store.as_ref(), &options.file_extension)
+        .await?
+        .try_collect()
+        .await?;
+    let base = glob.object_store();
+    let mut urls = files
+        .iter()
+        .map(|f| ListingTableUrl::parse(format!("{}{}", base.as_str(), f.location)))
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    if urls.is_empty() {
+        return datafusion::common::plan_err!("no file matches {glob}");
+    }
+    urls.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    // The same schema as a local run: merged over the files the glob matches.
+    let schema = options.infer_schema(&state, &glob).await?;
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ctx.register_table(table, Arc::new(ListingTable::try_new(config)?))?;
     Ok(())
 }
 

@@ -102,4 +102,56 @@ pub enum Command {
     },
     /// Run a strict local Voyado Engage emulator (prints its address; stops on Ctrl-C).
     Emulator(Box<crate::emulator::EmulatorArgs>),
+    /// Run a Ballista scheduler for syncs with `[engine] kind = "ballista"` (stops on Ctrl-C).
+    #[cfg(feature = "ballista")]
+    BallistaScheduler {
+        /// Address to listen on: clients and executors connect here.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: std::net::SocketAddr,
+        /// A sync's configuration: its [storage] options and object-store locations (sources,
+        /// state) are made reachable. Without it, only local files are.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Run a Ballista executor that registers with a scheduler (stops on Ctrl-C).
+    #[cfg(feature = "ballista")]
+    BallistaExecutor {
+        /// The scheduler, host:port.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        scheduler: String,
+        /// Interface to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind_host: String,
+        /// The host the scheduler and clients reach this executor at (default: --bind-host).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// gRPC port the scheduler sends tasks to.
+        #[arg(long, default_value_t = 50052)]
+        bind_port: u16,
+        /// Arrow Flight port serving shuffle data and query results.
+        #[arg(long, default_value_t = 50051)]
+        flight_port: u16,
+        /// A sync's configuration, as for ballista-scheduler; its memory_limit_mb also bounds
+        /// this executor.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Folder for shuffle and spill files (they hold personal data; default: a private
+        /// temporary folder removed on exit).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+}
+
+impl Command {
+    /// The commands that run a Ballista process (they need deep stacks and Ballista's logs).
+    pub fn is_cluster(&self) -> bool {
+        #[cfg(feature = "ballista")]
+        if matches!(
+            self,
+            Command::BallistaScheduler { .. } | Command::BallistaExecutor { .. }
+        ) {
+            return true;
+        }
+        false
+    }
 }

@@ -14,9 +14,13 @@
 //! - [`runner`]: one `run`, from the diff to the committed snapshot.
 //! - [`emulator`]: a strict local Voyado Engage stand-in for tests and the demo.
 //! - [`commands`]: `check`, `plan`, `baseline`, `reset`; [`report`]: what they print.
+//! - `cluster` (feature `ballista`): a Ballista scheduler or executor with the crate's
+//!   functions and object stores, for `[engine] kind = "ballista"`.
 
 pub mod catalog;
 pub mod cli;
+#[cfg(feature = "ballista")]
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod demo;

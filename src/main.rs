@@ -12,10 +12,15 @@ fn init_logging(cli: &Cli) {
         (false, 1) => "debug",
         _ => "trace",
     };
+    let cluster = if cli.command.is_cluster() {
+        format!(",ballista_scheduler={default},ballista_executor={default}")
+    } else {
+        String::new()
+    };
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("VOYADO_SYNC_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(format!(
-                "warn,voyado_sync={default},voyado_sync_cli={default}"
+                "warn,voyado_sync={default},voyado_sync_cli={default}{cluster}"
             ))
         });
     tracing_subscriber::fmt()
@@ -114,6 +119,40 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             Ok(exit::OK)
         }
         Command::Emulator(args) => voyado_sync::emulator::run_cli(*args).await,
+        #[cfg(feature = "ballista")]
+        Command::BallistaScheduler { bind, config } => {
+            let settings = config
+                .as_deref()
+                .map(voyado_sync::config::load)
+                .transpose()?;
+            voyado_sync::cluster::run_scheduler(settings.as_ref(), bind).await?;
+            Ok(exit::OK)
+        }
+        #[cfg(feature = "ballista")]
+        Command::BallistaExecutor {
+            scheduler,
+            bind_host,
+            external_host,
+            bind_port,
+            flight_port,
+            config,
+            work_dir,
+        } => {
+            let settings = config
+                .as_deref()
+                .map(voyado_sync::config::load)
+                .transpose()?;
+            let options = voyado_sync::cluster::ExecutorOptions {
+                scheduler,
+                bind_host,
+                external_host,
+                grpc_port: bind_port,
+                flight_port,
+                work_dir,
+            };
+            voyado_sync::cluster::run_executor(settings.as_ref(), options).await?;
+            Ok(exit::OK)
+        }
     }
 }
 
@@ -129,10 +168,13 @@ fn emit(report: &voyado_sync::report::Report, json: bool) -> Result<u8, Error> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if cli.command.is_cluster() {
+        // Ballista plans recursively; its own binaries run with 32 MiB stacks.
+        builder.thread_stack_size(32 << 20);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

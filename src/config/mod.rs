@@ -11,8 +11,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 pub use validate::{
-    Api, ApiKeySource, AttributeMapping, BulkSettings, DestinationSettings, Key, Limits, Location,
-    Mode, Settings, Thresholds,
+    Api, ApiKeySource, AttributeMapping, BulkSettings, DestinationSettings, Engine, Key, Limits,
+    Location, Mode, Settings, Thresholds,
 };
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +42,18 @@ pub struct Config {
     /// tuning the model's execution beyond what `[limits]` chooses.
     #[serde(default)]
     pub datafusion: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+/// Where the model and the change detection run.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `local` (default: DataFusion in this process) or `ballista` (a Ballista cluster).
+    pub kind: Option<String>,
+    /// The Ballista scheduler, `df://host:port`.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

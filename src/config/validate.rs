@@ -42,6 +42,7 @@ pub struct Settings {
     pub shard: Option<super::Shard>,
     /// `[datafusion]` session options, full names (`datafusion.` prefixed), checked.
     pub datafusion: Vec<(String, String)>,
+    pub engine: Engine,
 }
 
 impl Settings {
@@ -204,6 +205,21 @@ pub struct Thresholds {
     pub max_invalid_percent: f64,
     pub max_deleted_percent: f64,
     pub max_changed_percent: Option<f64>,
+}
+
+/// Where the model and the change detection run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// DataFusion in this process.
+    Local,
+    /// A Ballista cluster; `url` is its scheduler, `df://host:port`.
+    Ballista { url: String },
+}
+
+impl Engine {
+    pub fn is_ballista(&self) -> bool {
+        matches!(self, Engine::Ballista { .. })
+    }
 }
 
 /// A local path (absolute) or an object-store URL.
@@ -732,6 +748,7 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
             )),
         }
     }
+    let engine = validate_engine(&config.engine, &mut problems);
 
     if !problems.is_empty() {
         return Err(Error::Config(problems));
@@ -791,5 +808,48 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
         notes,
         shard: None,
         datafusion,
+        engine,
     })
+}
+
+fn validate_engine(config: &super::EngineConfig, problems: &mut Vec<String>) -> Engine {
+    match config.kind.as_deref().unwrap_or("local") {
+        "local" => {
+            if config.url.is_some() {
+                problems.push(
+                    "[engine] url: only used with kind = \"ballista\"; remove it or set kind"
+                        .to_string(),
+                );
+            }
+            Engine::Local
+        }
+        "ballista" => {
+            if !cfg!(feature = "ballista") {
+                problems.push(
+                    "[engine] kind = \"ballista\": this voyado-sync was built without the `ballista` feature (build it with --features ballista)"
+                        .to_string(),
+                );
+            }
+            let Some(raw) = &config.url else {
+                problems.push(
+                    "[engine] url: required with kind = \"ballista\" (the scheduler, e.g. df://127.0.0.1:50050)"
+                        .to_string(),
+                );
+                return Engine::Local;
+            };
+            match url::Url::parse(raw) {
+                Ok(u) if u.scheme() == "df" && u.host_str().is_some_and(|h| !h.is_empty()) => {}
+                _ => problems.push(format!(
+                    "[engine] url: {raw:?} is not a Ballista scheduler URL (df://host:port)"
+                )),
+            }
+            Engine::Ballista { url: raw.clone() }
+        }
+        other => {
+            problems.push(format!(
+                "[engine] kind: {other:?} is not \"local\" or \"ballista\""
+            ));
+            Engine::Local
+        }
+    }
 }

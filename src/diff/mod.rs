@@ -226,7 +226,9 @@ pub async fn plan(
         let budget = settings.limits.memory_limit_mb * 1024 * 1024 / 4;
         (rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)).max(1) as u32
     };
-    let spill = if buckets > 1 {
+    // Under Ballista the spill file would be written on an executor's disk, which this
+    // process may not see: each bucket's query recomputes the model there instead.
+    let spill = if buckets > 1 && !settings.engine.is_ballista() {
         let dir = tempfile::Builder::new()
             .prefix("voyado-sync-diff-")
             .tempdir()

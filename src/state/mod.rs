@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, ident, lit};
@@ -58,6 +59,9 @@ pub struct State {
     url_base: String,
     sync: String,
     display: String,
+    /// Write state files from this process, from the query's result stream. A distributed
+    /// engine would otherwise write them on an executor, with its files and credentials.
+    client_writes: bool,
 }
 
 fn storage(what: &str, e: &dyn std::fmt::Display) -> Error {
@@ -103,6 +107,7 @@ impl State {
                     url_base: url.to_string(),
                     sync,
                     display: dir.display().to_string(),
+                    client_writes: settings.engine.is_ballista(),
                 })
             }
             Location::Url(url) => {
@@ -121,6 +126,7 @@ impl State {
                     display: redact(&url::Url::parse(&url_base).unwrap_or(url.clone())),
                     url_base,
                     sync,
+                    client_writes: settings.engine.is_ballista(),
                 })
             }
         }
@@ -196,10 +202,46 @@ impl State {
         schema: datafusion::arrow::datatypes::SchemaRef,
     ) -> Result<datafusion::parquet::arrow::AsyncArrowWriter<object_store::buffered::BufWriter>>
     {
+        self.writer_with(rel, schema, None)
+    }
+
+    fn writer_with(
+        &self,
+        rel: &str,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        props: Option<datafusion::parquet::file::properties::WriterProperties>,
+    ) -> Result<datafusion::parquet::arrow::AsyncArrowWriter<object_store::buffered::BufWriter>>
+    {
         let writer =
             object_store::buffered::BufWriter::new(Arc::clone(&self.store), self.path(rel));
-        datafusion::parquet::arrow::AsyncArrowWriter::try_new(writer, schema, None)
+        datafusion::parquet::arrow::AsyncArrowWriter::try_new(writer, schema, props)
             .map_err(|e| Error::Storage(format!("state: writing {rel}: {e}")))
+    }
+
+    /// Writes `batches` as one Parquet file at `rel`, returning its row count.
+    async fn write_batches(
+        &self,
+        rel: &str,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        mut batches: impl futures::Stream<Item = Result<RecordBatch>> + Unpin,
+    ) -> Result<u64> {
+        use datafusion::parquet::basic::{Compression, ZstdLevel};
+        use datafusion::parquet::file::properties::WriterProperties;
+        // Compressed like DataFusion's own Parquet writes: snapshots are the state's bulk.
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+            .build();
+        let fail = |e: &dyn std::fmt::Display| {
+            Error::Storage(format!("state: writing {rel}: {}", one_line(e)))
+        };
+        let mut writer = self.writer_with(rel, schema, Some(props))?;
+        let mut rows = 0u64;
+        while let Some(batch) = batches.try_next().await? {
+            rows += batch.num_rows() as u64;
+            writer.write(&batch).await.map_err(|e| fail(&e))?;
+        }
+        writer.close().await.map_err(|e| fail(&e))?;
+        Ok(rows)
     }
 
     /// Removes a state file, best effort (used for temporary files).
@@ -367,6 +409,28 @@ impl State {
         Ok(rows)
     }
 
+    /// [`State::append_delta`] for rows held in memory, written from this process.
+    pub async fn append_delta_batches(
+        &self,
+        m: &mut Manifest,
+        batches: Vec<RecordBatch>,
+        run_id: &str,
+    ) -> Result<u64> {
+        let Some(schema) = batches.first().map(|b| b.schema()) else {
+            return Ok(0);
+        };
+        let rel = format!(
+            "deltas/{:08}-{:06}-{run_id}.parquet",
+            m.generation,
+            m.deltas.len() + 1
+        );
+        let stream = futures::stream::iter(batches.into_iter().map(Ok));
+        let rows = self.write_batches(&rel, schema, stream).await?;
+        m.deltas.push(rel);
+        self.put_manifest(m).await?;
+        Ok(rows)
+    }
+
     /// Writes `df` (snapshot columns) as the new snapshot and then the manifest naming it.
     /// Until the manifest is replaced, readers see the previous state whole.
     pub async fn commit(
@@ -397,6 +461,14 @@ impl State {
 
     /// Writes a frame as one Parquet file at `rel`, returning its row count.
     pub async fn write(&self, df: DataFrame, rel: &str) -> Result<u64> {
+        if self.client_writes {
+            let fail = |e: datafusion::error::DataFusionError| {
+                Error::Storage(df_message(&format!("state: writing {rel}"), &e))
+            };
+            let stream = df.execute_stream().await.map_err(fail)?;
+            let schema = stream.schema();
+            return self.write_batches(rel, schema, stream.map_err(fail)).await;
+        }
         let out = df
             .write_parquet(
                 &self.url(rel),
@@ -553,11 +625,13 @@ fn align(
     df.select(exprs)
 }
 
+/// A frame with no rows. An empty table rather than an in-memory batch: a plan holding
+/// batches cannot be sent to a Ballista scheduler.
 fn empty_frame(ctx: &SessionContext, target: &[Field]) -> datafusion::error::Result<DataFrame> {
     let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(target.to_vec()));
-    ctx.read_batch(datafusion::arrow::record_batch::RecordBatch::new_empty(
+    ctx.read_table(Arc::new(datafusion::datasource::empty::EmptyTable::new(
         schema,
-    ))
+    )))
 }
 
 /// The state holds personal data (identifiers, attribute values): refuse a folder other

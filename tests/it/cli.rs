@@ -330,3 +330,61 @@ fn a_missing_config_file_is_exit_2() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("/nonexistent/sync.toml"));
 }
+
+/// `[engine]` problems are config errors (exit 2), one line each; a build without the
+/// `ballista` feature names the feature.
+#[test]
+fn engine_config_errors() {
+    let s = Sync::new();
+    let cfg = s.config();
+    let cfg = cfg.to_str().unwrap();
+    let with_engine = |engine: &str| {
+        let extra = format!("{}\n{engine}", crate::diff::MAPPING);
+        s.write_config("SELECT * FROM t", "id", "email", "upsert", &extra);
+    };
+    let key = [("VOYADO_SYNC_TEST_KEY", "k")];
+
+    with_engine("[engine]\nkind = \"ballista\"\nurl = \"df://127.0.0.1:50050\"\n");
+    if !cfg!(feature = "ballista") {
+        for command in ["check", "run"] {
+            let out = cli(&[command, "-c", cfg], &key);
+            assert_eq!(out.code, 2, "{}", out.stderr);
+            let lines: Vec<&str> = out.stderr.trim().lines().collect();
+            assert_eq!(lines.len(), 1, "{}", out.stderr);
+            assert!(
+                lines[0].contains("[engine] kind = \"ballista\"")
+                    && lines[0].contains("`ballista` feature"),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+
+    with_engine("[engine]\nkind = \"spark\"\n");
+    let out = cli(&["check", "-c", cfg], &key);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("[engine] kind: \"spark\" is not"),
+        "{}",
+        out.stderr
+    );
+
+    with_engine("[engine]\nkind = \"ballista\"\nurl = \"http://127.0.0.1:50050\"\n");
+    let out = cli(&["check", "-c", cfg], &key);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("[engine] url: \"http://127.0.0.1:50050\" is not"),
+        "{}",
+        out.stderr
+    );
+
+    with_engine("[engine]\nkind = \"ballista\"\n");
+    let out = cli(&["check", "-c", cfg], &key);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("[engine] url: required"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1,5 +1,7 @@
 //! The one integration-test binary (each extra test binary would relink DataFusion).
 
+#[cfg(feature = "ballista")]
+mod ballista;
 mod bulk;
 mod cli;
 mod common;

@@ -83,14 +83,14 @@ fn parquet_bytes(rows: &[Row]) -> Vec<u8> {
     buf
 }
 
-async fn upload(store: &Arc<dyn ObjectStore>, path: &str, rows: &[Row]) {
+pub async fn upload(store: &Arc<dyn ObjectStore>, path: &str, rows: &[Row]) {
     store
         .put(&ObjPath::from(path), PutPayload::from(parquet_bytes(rows)))
         .await
         .unwrap();
 }
 
-fn rows(range: std::ops::Range<usize>, i_offset: i64) -> Vec<Row> {
+pub fn rows(range: std::ops::Range<usize>, i_offset: i64) -> Vec<Row> {
     range
         .map(|i| row(&format!("u{i}@x.se"), i as i64 + i_offset))
         .collect()
