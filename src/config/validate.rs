@@ -703,17 +703,11 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
         }
         let mut opts = Vec::new();
         for (key, value) in options {
-            let text = match value {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Boolean(b) => b.to_string(),
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                _ => {
-                    problems.push(format!(
-                        "[storage.\"{prefix}\"] {key}: must be a string, number or boolean"
-                    ));
-                    continue;
-                }
+            let Some(text) = option_text(value) else {
+                problems.push(format!(
+                    "[storage.\"{prefix}\"] {key}: must be a string, number or boolean"
+                ));
+                continue;
             };
             opts.push((key.clone(), text));
         }
@@ -728,17 +722,11 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
         } else {
             format!("datafusion.{key}")
         };
-        let text = match value {
-            toml::Value::String(s) => s.clone(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            _ => {
-                problems.push(format!(
-                    "[datafusion] {key}: must be a string, number or boolean"
-                ));
-                continue;
-            }
+        let Some(text) = option_text(value) else {
+            problems.push(format!(
+                "[datafusion] {key}: must be a string, number or boolean"
+            ));
+            continue;
         };
         match probe.set(&name, &text) {
             Ok(()) => datafusion.push((name, text)),
@@ -810,6 +798,18 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
         datafusion,
         engine,
     })
+}
+
+/// An option value as the text its consumer parses (object_store and DataFusion options
+/// are strings); tables and arrays are not options.
+fn option_text(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        _ => None,
+    }
 }
 
 fn validate_engine(config: &super::EngineConfig, problems: &mut Vec<String>) -> Engine {

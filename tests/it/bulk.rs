@@ -11,7 +11,8 @@ use voyado_sync::emulator::{Deletion, Emulator, EmulatorConfig, Endpoint, Faults
 use crate::common::{Sync, cli, json as parse};
 use crate::diff::{Row, batch};
 use crate::sync::{
-    KEY, assert_no_violations, by_email, emulator_config, outcomes, row, run, sync_for,
+    KEY, assert_no_violations, by_email, edit_in_voyado, emulator_config, outcomes, row, run,
+    sync_for,
 };
 
 fn bulk_emulator(faults: Faults) -> EmulatorConfig {
@@ -128,16 +129,7 @@ async fn bulk_upsert_full_then_incremental_then_nothing() {
     assert_no_violations(&emu);
 
     // Someone edits a contact in Voyado; our next change must not overwrite that edit.
-    let a_id = emu.find("email", "u1@x.se")[0].id.clone();
-    let resp = reqwest::Client::new()
-        .patch(format!("{}/api/v3/contacts/{a_id}", emu.base_url()))
-        .header("apikey", KEY)
-        .header("user-agent", "a-person/1.0")
-        .json(&json!({"firstName": "Edited"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
+    edit_in_voyado(&emu, "u1@x.se", json!({"firstName": "Edited"})).await;
 
     let mut next = rows(11);
     next[1].i = Some(100);

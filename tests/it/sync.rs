@@ -80,6 +80,20 @@ pub fn by_email(emu: &Emulator) -> std::collections::BTreeMap<String, Value> {
         .collect()
 }
 
+/// Someone else (a person in Voyado's UI, another integration) edits a contact.
+pub async fn edit_in_voyado(emu: &Emulator, email: &str, change: Value) {
+    let id = emu.find("email", email)[0].id.clone();
+    let resp = reqwest::Client::new()
+        .patch(format!("{}/api/v3/contacts/{id}", emu.base_url()))
+        .header("apikey", KEY)
+        .header("user-agent", "a-person/1.0")
+        .json(&change)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+}
+
 fn full(email: &str, i: i64) -> Value {
     json!({"email": email, "firstName": "Ada", "birthDay": "2022-01-08", "b": true,
            "d": 12.5, "ts": "2023-11-14T22:13:20Z", "i": i, "f": 1.5})
@@ -119,22 +133,7 @@ async fn upsert_full_then_incremental_then_nothing() {
     assert_eq!(lookups, 3, "probe + one lookup per new row");
 
     // Someone edits a contact in Voyado; our next change must not overwrite that edit.
-    let a_id = emu
-        .contacts()
-        .into_iter()
-        .find(|c| c.str("email") == Some("a@x.se"))
-        .unwrap()
-        .id;
-    let http = reqwest::Client::new();
-    let resp = http
-        .patch(format!("{}/api/v3/contacts/{a_id}", emu.base_url()))
-        .header("apikey", KEY)
-        .header("user-agent", "a-person/1.0")
-        .json(&json!({"firstName": "Edited"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
+    edit_in_voyado(&emu, "a@x.se", json!({"firstName": "Edited"})).await;
 
     let mut a = row("a@x.se", 5);
     a.b = Some(false);

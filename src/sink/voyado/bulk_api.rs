@@ -65,23 +65,12 @@ impl ItemError {
 /// The batch id from a bulk call's answer: a JSON string (documented), the bare id, or an
 /// object carrying `batchId`/`id`.
 pub fn parse_batch_id(body: &str) -> Option<String> {
-    let t = body.trim();
-    let id = match serde_json::from_str::<Value>(t) {
-        Ok(Value::String(s)) => s,
-        Ok(Value::Object(o)) => field(&o, &["batchId", "id", "batch"])?
-            .as_str()?
-            .to_string(),
-        Ok(_) => return None,
-        Err(_) if !t.contains(['"', '<', '{', '[', ' ']) => t.to_string(),
-        Err(_) => return None,
-    };
-    let id = id.trim().to_string();
-    let plausible = !id.is_empty()
-        && id.len() <= 200
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
-    plausible.then_some(id)
+    super::client::parse_token(
+        body,
+        &["batchId", "id", "batch"],
+        200,
+        &['-', '_', '.', ':'],
+    )
 }
 
 /// Reads a status answer. An answer without a recognisable status is an error, so an

@@ -176,24 +176,42 @@ pub fn encode(v: &str) -> String {
 
 /// A contactId from a lookup answer: a JSON string, or the bare id.
 fn parse_id(body: &str) -> Option<String> {
+    parse_token(body, &["id", "contactId"], 100, &['-'])
+}
+
+/// An id from an answer that carries one: a JSON string, an object with one of `fields`
+/// (names matched ignoring case), or the bare text (some clients see ids unquoted).
+/// Anything else that is not JSON (a truncated string, an HTML page) is not an id, nor is
+/// an id longer than `max_len` or holding characters other than ASCII letters, digits and
+/// `extra`.
+pub(super) fn parse_token(
+    body: &str,
+    fields: &[&str],
+    max_len: usize,
+    extra: &[char],
+) -> Option<String> {
     let t = body.trim();
     let id = match serde_json::from_str::<serde_json::Value>(t) {
         Ok(serde_json::Value::String(s)) => s,
-        Ok(serde_json::Value::Object(o)) => o
-            .get("id")
-            .or_else(|| o.get("contactId"))
+        Ok(serde_json::Value::Object(o)) => fields
+            .iter()
+            .find_map(|f| {
+                o.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(f))
+                    .map(|(_, v)| v)
+            })
             .and_then(|v| v.as_str())?
             .to_string(),
         Ok(_) => return None,
-        // Some clients see the id unquoted; anything else that is not JSON (a truncated
-        // string, an HTML page) is not an id.
         Err(_) if !t.contains(['"', '<', '{', '[', ' ']) => t.to_string(),
         Err(_) => return None,
     };
     let id = id.trim().to_string();
     let plausible = !id.is_empty()
-        && id.len() <= 100
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        && id.len() <= max_len
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c));
     plausible.then_some(id)
 }
 
