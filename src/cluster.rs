@@ -22,6 +22,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 
 use crate::catalog::ballista::{shared_functions, store_registry};
+use crate::catalog::one_line;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 
@@ -160,10 +161,6 @@ pub async fn run_executor(settings: Option<&Settings>, opts: ExecutorOptions) ->
     start_executor_process(Arc::new(config))
         .await
         .map_err(|e| Error::Internal(format!("ballista executor: {}", one_line(&e))))
-}
-
-fn one_line(e: &dyn std::fmt::Display) -> String {
-    crate::catalog::one_line(e)
 }
 
 #[cfg(unix)]

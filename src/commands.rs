@@ -345,7 +345,8 @@ pub(crate) async fn store_report(p: &Prepared, report: &Report) {
 
 /// Past runs' reports, oldest first.
 pub async fn history(target: impl Into<Target>) -> Result<Vec<serde_json::Value>> {
-    let p = prepare_state_only(&target.into(), false).await?;
+    // Read-only: no layout check, so a sharded sync's history never suggests a reset.
+    let p = open_target(&target.into(), false).await?;
     p.state.reports().await
 }
 

@@ -81,9 +81,14 @@ fn is_phone_shaped(v: &str) -> bool {
 /// UTF-8 bytes, modulo `n`. Used to split the diff into partitions; the same on every
 /// machine and build.
 pub fn bucket(normalized: &str, n: u32) -> u32 {
+    hash_mod(normalized, 0, n)
+}
+
+/// BLAKE3 of `normalized`, the 8 bytes at `at` as a little-endian u64, modulo `n` (0 is 1).
+fn hash_mod(normalized: &str, at: usize, n: u32) -> u32 {
     let h = blake3::hash(normalized.as_bytes());
     let mut b = [0u8; 8];
-    b.copy_from_slice(&h.as_bytes()[..8]);
+    b.copy_from_slice(&h.as_bytes()[at..at + 8]);
     (u64::from_le_bytes(b) % u64::from(n.max(1))) as u32
 }
 
@@ -92,10 +97,7 @@ pub fn bucket(normalized: &str, n: u32) -> u32 {
 /// and independent of [`bucket`] (its first 8 bytes), so a shard's rows still spread over
 /// all of the diff's buckets.
 pub fn shard(normalized: &str, n: u32) -> u32 {
-    let h = blake3::hash(normalized.as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&h.as_bytes()[8..16]);
-    (u64::from_le_bytes(b) % u64::from(n.max(1))) as u32
+    hash_mod(normalized, 8, n)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use super::encode::object;
 use super::outcome::Outcome;
 use super::rows::Job;
 use crate::config::{BulkSettings, Key, Mode};
+use crate::identity::normalize;
 
 /// Batches in flight at once. Each holds up to 4000 encoded items, so this bounds memory
 /// as much as it bounds load on the tenant.
@@ -59,8 +60,6 @@ enum ItemResult {
     Error(ItemError),
     /// The whole batch: not confirmed, sent again next run.
     Failed(String),
-    /// The whole batch refused: permanent.
-    Rejected(String),
 }
 
 impl BulkPlanner<'_> {
@@ -82,6 +81,7 @@ impl BulkPlanner<'_> {
             let job = &jobs[n].1;
             let outcome = match (call, result) {
                 (_, ItemResult::Applied) => Some(applied(call, job)),
+                (_, ItemResult::Error(e)) if e.transient() => Some(Outcome::Failed(e.reason())),
                 (Call::Create, ItemResult::Error(e)) if e.exists() => {
                     second.push((n, Call::UpdateExisting));
                     None
@@ -105,6 +105,7 @@ impl BulkPlanner<'_> {
             let outcome = match result {
                 ItemResult::Applied => applied(call, job),
                 // Created or deleted by someone else between the two rounds: try next run.
+                ItemResult::Error(e) if e.transient() => Outcome::Failed(e.reason()),
                 ItemResult::Error(e) if e.exists() || e.not_found() => Outcome::Failed(format!(
                     "contact changed in Voyado while being written ({})",
                     e.reason()
@@ -175,23 +176,50 @@ impl BulkPlanner<'_> {
         let all = |r: &dyn Fn() -> ItemResult| positions.iter().map(|_| r()).collect();
         let batch_id = match self.client.bulk_submit(call.create(), &body).await {
             Submit::Accepted(id) => id,
-            Submit::Rejected(r) => return all(&|| ItemResult::Rejected(r.clone())),
+            // A refusal of the whole batch says nothing about any one row (a body too large,
+            // a path the tenant does not serve): no row is confirmed, none written off.
+            Submit::Rejected(r) => {
+                let r = format!("bulk call refused: {r}");
+                return all(&|| ItemResult::Failed(r.clone()));
+            }
             Submit::Failed(r) => return all(&|| ItemResult::Failed(r.clone())),
         };
         drop(body);
         tracing::debug!(batch = %batch_id, items = positions.len(), create = call.create(), "bulk batch accepted");
-        let errors = match self.wait(&batch_id).await {
-            Ok(errors) => errors,
+        let (errors, total, succeeded) = match self.wait(&batch_id).await {
+            Ok(BatchState::Completed {
+                errors,
+                total,
+                succeeded,
+            }) => (errors, total, succeeded),
+            Ok(_) => return all(&|| ItemResult::Failed("internal: unfinished batch".into())),
             Err(r) => return all(&|| ItemResult::Failed(r.clone())),
         };
+        // Counts that do not add up to what was sent: the report is not about this batch,
+        // or not whole; nothing in it can be confirmed.
+        let n = positions.len();
+        if total.is_some_and(|t| t != n) || succeeded.is_some_and(|s| s + errors.len() != n) {
+            let r = format!(
+                "batch {batch_id}: status counts {} items ({} succeeded, {} failed) for {n} sent",
+                total.map_or("?".into(), |t| t.to_string()),
+                succeeded.map_or("?".into(), |s| s.to_string()),
+                errors.len()
+            );
+            return all(&|| ItemResult::Failed(r.clone()));
+        }
         let mut results: Vec<ItemResult> = positions.iter().map(|_| ItemResult::Applied).collect();
         for e in errors {
-            let at = e.index.filter(|i| *i < positions.len()).or_else(|| {
-                let key = e.key.as_deref()?;
-                positions
-                    .iter()
-                    .position(|n| jobs[*n].1.identifier.eq_ignore_ascii_case(key.trim()))
-            });
+            let by_key = |key: &str| {
+                let key = normalize(key.trim(), self.key);
+                positions.iter().position(|p| jobs[*p].1.identifier == key)
+            };
+            let at = match (e.index.filter(|i| *i < n), e.key.as_deref()) {
+                // Both given: they must name the same row, or the report cannot be trusted.
+                (Some(i), Some(key)) => by_key(key).filter(|k| *k == i),
+                (Some(i), None) => Some(i),
+                (None, Some(key)) => by_key(key),
+                (None, None) => None,
+            };
             match at {
                 Some(i) => results[i] = ItemResult::Error(e),
                 // An error the batch cannot tie to an item: no item can be confirmed.
@@ -225,7 +253,7 @@ impl BulkPlanner<'_> {
     }
 
     /// Polls a batch with growing waits until it finishes, fails, or runs out of time.
-    async fn wait(&self, batch_id: &str) -> Result<Vec<ItemError>, String> {
+    async fn wait(&self, batch_id: &str) -> Result<BatchState, String> {
         let started = Instant::now();
         let mut wait = self.settings.poll_interval;
         loop {
@@ -239,7 +267,7 @@ impl BulkPlanner<'_> {
             tokio::time::sleep(wait.min(left)).await;
             match self.client.bulk_status(batch_id).await? {
                 BatchState::Pending => {}
-                BatchState::Completed(errors) => return Ok(errors),
+                done @ BatchState::Completed { .. } => return Ok(done),
                 BatchState::Failed(why) => return Err(format!("batch {batch_id}: {why}")),
             }
             wait = (wait * 2).min(MAX_POLL_WAIT);
@@ -259,6 +287,5 @@ fn failure(r: ItemResult) -> Outcome {
         ItemResult::Applied => Outcome::Failed("internal: applied item taken as failed".into()),
         ItemResult::Error(e) => Outcome::Rejected(e.reason()),
         ItemResult::Failed(r) => Outcome::Failed(r),
-        ItemResult::Rejected(r) => Outcome::Rejected(r),
     }
 }

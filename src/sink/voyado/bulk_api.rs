@@ -23,8 +23,13 @@ pub const STATUS_PATH: &str = "/api/v3/contacts/bulk/status";
 pub enum BatchState {
     /// Accepted, not finished: poll again later.
     Pending,
-    /// Finished: every item not listed in `errors` was applied.
-    Completed(Vec<ItemError>),
+    /// Finished: every item not listed in `errors` was applied. The counts, when the
+    /// answer gives them, let the caller check the batch it meant was the one reported.
+    Completed {
+        errors: Vec<ItemError>,
+        total: Option<usize>,
+        succeeded: Option<usize>,
+    },
     /// The batch as a whole failed: nothing of it may be taken as applied.
     Failed(String),
 }
@@ -41,15 +46,26 @@ pub struct ItemError {
 }
 
 impl ItemError {
-    /// The contact exists already (a create of a known key).
+    /// The contact exists already (a create of a known key): `ContactAlreadyExists`,
+    /// `ApprovedContactWithKeyExists`. Exact codes only: `StoreDoesNotExist` is no such case.
     pub fn exists(&self) -> bool {
         let c = self.code.to_ascii_lowercase();
-        c.contains("exist") || c.contains("duplicate") || c.contains("conflict")
+        c.ends_with("alreadyexists") || c.ends_with("withkeyexists")
     }
 
     /// No contact has this key (an update of an unknown key).
     pub fn not_found(&self) -> bool {
-        self.code.to_ascii_lowercase().contains("notfound")
+        matches!(
+            self.code.to_ascii_lowercase().as_str(),
+            "contactnotfound" | "contactdoesnotexist"
+        )
+    }
+
+    /// A refusal that may not hold on a later run (`ContactWithKeyIsBeingCreated`: a
+    /// parallel create of the key, possibly our own earlier batch): left unconfirmed.
+    pub fn transient(&self) -> bool {
+        let c = self.code.to_ascii_lowercase();
+        c.contains("beingcreated") || c.contains("locked") || c.contains("timeout")
     }
 
     /// `ContactNotFound: no contact with this email`, kept as the row's reason.
@@ -95,20 +111,46 @@ pub fn parse_status(body: &str) -> Result<BatchState, String> {
         | "success"
         | "completedwitherrors"
         | "partiallycompleted" => {
-            let errors = match field(o, &["errors", "failedItems", "failures", "itemErrors"]) {
-                None | Some(Value::Null) => Vec::new(),
-                // A count rather than a list: the failed items cannot be told apart.
-                Some(Value::Number(n)) if n.as_u64() == Some(0) => Vec::new(),
-                Some(Value::Array(items)) => items.iter().map(item_error).collect(),
-                Some(_) => return Err("status answer lists failed items in an unknown form".into()),
-            };
-            Ok(BatchState::Completed(errors))
+            let list = ["errors", "failures", "itemErrors", "failedItems"]
+                .iter()
+                .find_map(|n| match field(o, &[n]) {
+                    Some(Value::Array(items)) => Some(items),
+                    _ => None,
+                });
+            let errors: Vec<ItemError> = list
+                .map(|items| items.iter().map(item_error).collect())
+                .unwrap_or_default();
+            let count =
+                |names: &[&str]| field(o, names).and_then(Value::as_u64).map(|n| n as usize);
+            let failed = count(&["failedItems", "failedCount", "failed", "errorCount"]);
+            // A failure count the list does not account for: which items failed is unknown.
+            if let Some(n) = failed
+                && n != errors.len()
+            {
+                return Err(format!(
+                    "status answer counts {n} failed items but lists {}",
+                    errors.len()
+                ));
+            }
+            if failed.is_none() && list.is_none() && !status.eq_ignore_ascii_case("completed") {
+                return Err(format!(
+                    "status answer {status:?} does not list which items failed"
+                ));
+            }
+            Ok(BatchState::Completed {
+                errors,
+                total: count(&["totalItems", "total", "itemCount"]),
+                succeeded: count(&["succeededItems", "succeeded", "successCount"]),
+            })
         }
         "failed" | "error" | "aborted" | "cancelled" | "canceled" => {
             let message = field(o, &["message", "error", "reason"])
                 .and_then(Value::as_str)
                 .unwrap_or("no reason given");
-            Ok(BatchState::Failed(format!("batch {status}: {message}")))
+            Ok(BatchState::Failed(format!(
+                "batch {status}: {}",
+                super::client::truncate(message)
+            )))
         }
         other => Err(format!("status answer has an unknown status {other:?}")),
     }
@@ -130,12 +172,13 @@ fn item_error(v: &Value) -> ItemError {
             index: None,
             key: None,
             code: "ItemFailed".into(),
-            message: v.to_string(),
+            message: super::client::truncate(&v.to_string()),
         };
     };
+    // Server text goes into logs and reports: one line, bounded.
     let text = |names: &[&str]| {
         field(o, names).and_then(|v| match v {
-            Value::String(s) => Some(s.clone()),
+            Value::String(s) => Some(super::client::truncate(s)),
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         })
@@ -179,7 +222,7 @@ mod tests {
             r#"{"Status":"Completed","errors":[{"index":2,"key":"a@b.se","errorCode":"ContactNotFound","message":"no such contact"}]}"#,
         )
         .unwrap();
-        let BatchState::Completed(errors) = done else {
+        let BatchState::Completed { errors, .. } = done else {
             panic!("{done:?}")
         };
         assert_eq!(errors[0].index, Some(2));
@@ -192,10 +235,32 @@ mod tests {
     }
 
     #[test]
+    fn item_codes_are_matched_exactly() {
+        let e = |code: &str| ItemError {
+            index: None,
+            key: None,
+            code: code.into(),
+            message: String::new(),
+        };
+        assert!(e("ContactAlreadyExists").exists());
+        assert!(e("ApprovedContactWithKeyExists").exists());
+        assert!(!e("StoreDoesNotExist").exists());
+        assert!(e("ContactDoesNotExist").not_found());
+        assert!(!e("StoreNotFound").not_found());
+        assert!(e("ContactWithKeyIsBeingCreated").transient());
+    }
+
+    #[test]
     fn unreadable_status_is_never_success() {
         assert!(parse_status("{}").is_err());
         assert!(parse_status(r#"{"status":"Weird"}"#).is_err());
-        assert!(parse_status(r#"{"status":"Completed","errors":"some"}"#).is_err());
+        // A failure count the list does not account for, or no list where one is implied.
+        assert!(
+            parse_status(r#"{"status":"CompletedWithErrors","errors":null,"failedItems":12}"#)
+                .is_err()
+        );
+        assert!(parse_status(r#"{"status":"CompletedWithErrors"}"#).is_err());
+        assert!(parse_status(r#"{"status":"Completed","errors":[],"failedItems":1}"#).is_err());
         assert!(parse_status("not json").is_err());
     }
 }

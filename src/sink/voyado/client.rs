@@ -150,7 +150,7 @@ pub struct Client {
     retries: AtomicU64,
 }
 
-fn truncate(s: &str) -> String {
+pub(super) fn truncate(s: &str) -> String {
     let s = s.trim().replace(['\n', '\r'], " ");
     if s.chars().count() > MAX_REASON {
         let cut: String = s.chars().take(MAX_REASON).collect();
