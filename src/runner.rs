@@ -275,6 +275,7 @@ async fn send(
         mode: s.mode,
         key: s.key,
         settings: s.bulk,
+        stopped: Default::default(),
     };
     let schema = stream.schema();
     let mut buffered: Vec<RecordBatch> = Vec::new();

@@ -372,6 +372,63 @@ async fn a_run_killed_while_polling_resumes_without_duplicates() {
     assert_no_violations(&emu);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_without_the_assumed_status_path_stops_the_bulk_calls() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Accepts bulk calls, but the assumed v3 status path does not exist on it.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = calls.clone();
+    let app = axum::Router::new()
+        .route(
+            "/api/v3/contacts/id",
+            axum::routing::get(|| async {
+                (
+                    axum::http::StatusCode::NOT_FOUND,
+                    r#"{"errorCode":"ContactNotFound"}"#,
+                )
+            }),
+        )
+        .route(
+            "/api/v3/contacts/bulk",
+            axum::routing::post(move || {
+                let n = c2.fetch_add(1, Ordering::SeqCst);
+                async move { (axum::http::StatusCode::ACCEPTED, format!("\"b-{n}\"")) }
+            }),
+        )
+        .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "Not Found") });
+    let addr = crate::common::serve(app).await;
+    let s = Sync::new();
+    s.write_config(
+        "SELECT * FROM t",
+        "id",
+        "email",
+        "upsert",
+        &format!(
+            "api = \"bulk\"\nbulk_batch_size = 2\nbulk_poll_interval_ms = 20\n{}",
+            crate::diff::MAPPING
+        ),
+    );
+    let text = std::fs::read_to_string(s.config()).unwrap();
+    std::fs::write(
+        s.config(),
+        text.replace("http://127.0.0.1:9", &format!("http://{addr}")),
+    )
+    .unwrap();
+    s.land(&batch(&rows(20)));
+    let out = run(&s, &[]).await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let r = parse(&out);
+    assert_eq!(outcomes(&r), [0, 0, 0, 0, 0, 20]);
+    let reason = r["samples"]["failed"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("does not serve the bulk status path"),
+        "{reason}"
+    );
+    // Only the batches already in flight were sent: 4 of 10.
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
 #[test]
 fn check_refuses_bulk_with_a_key_bulk_items_cannot_carry() {
     let s = Sync::new();

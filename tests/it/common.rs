@@ -158,3 +158,11 @@ pub async fn wait_for_port(port: u16) {
     }
     panic!("nothing listens on 127.0.0.1:{port}");
 }
+
+/// Serves a scripted server (what a broken tenant or gateway might answer) on 127.0.0.1.
+pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use voyado_sync::emulator::{Emulator, EmulatorConfig, Endpoint, Faults, RateLimit};
 
-use crate::common::{Sync, cli, cli_async, json as parse};
+use crate::common::{Sync, cli, cli_async, json as parse, serve};
 use crate::diff::{MAPPING, Row, batch};
 use crate::sync::{
     KEY, assert_no_violations, by_email, emulator_config, outcomes, row, run, sync_for,
@@ -267,14 +267,6 @@ async fn a_slow_api_times_out_with_a_clear_error() {
         !s.state_dir().join("manifest.json").exists(),
         "nothing recorded"
     );
-}
-
-/// Serves a scripted app on a free loopback port for the rest of the test.
-async fn serve(app: axum::Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
 }
 
 /// A server answering what a broken gateway or tenant might: HTML, empty bodies,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::bulk_api::{BatchState, ItemError};
+use super::bulk_api::{self, BatchState, ItemError};
 use super::client::{Client, Submit};
 use super::encode::object;
 use super::outcome::Outcome;
@@ -32,6 +32,9 @@ pub struct BulkPlanner<'a> {
     pub mode: Mode,
     pub key: Key,
     pub settings: BulkSettings,
+    /// Set when the status endpoint itself is missing (the assumed v3 path answers 404
+    /// or 405): no later batch is submitted, since none could ever be confirmed.
+    pub stopped: std::sync::Mutex<Option<String>>,
 }
 
 /// Which bulk call an item goes through, and what success means for its row.
@@ -171,9 +174,12 @@ impl BulkPlanner<'_> {
             .iter()
             .map(|n| self.item(&jobs[*n].1, call))
             .collect();
+        let all = |r: &dyn Fn() -> ItemResult| positions.iter().map(|_| r()).collect();
+        if let Some(why) = self.stopped.lock().ok().and_then(|s| s.clone()) {
+            return all(&|| ItemResult::Failed(format!("not sent: {why}")));
+        }
         let body = format!("[{}]", items.join(","));
         drop(items);
-        let all = |r: &dyn Fn() -> ItemResult| positions.iter().map(|_| r()).collect();
         let batch_id = match self.client.bulk_submit(call.create(), &body).await {
             Submit::Accepted(id) => id,
             // A refusal of the whole batch says nothing about any one row (a body too large,
@@ -265,7 +271,14 @@ impl BulkPlanner<'_> {
                 ));
             }
             tokio::time::sleep(wait.min(left)).await;
-            match self.client.bulk_status(batch_id).await? {
+            let status = self.client.bulk_status(batch_id).await;
+            if let Err(why) = &status
+                && why.starts_with(bulk_api::NO_STATUS_ENDPOINT)
+                && let Ok(mut s) = self.stopped.lock()
+            {
+                s.get_or_insert_with(|| why.clone());
+            }
+            match status? {
                 BatchState::Pending => {}
                 done @ BatchState::Completed { .. } => return Ok(done),
                 BatchState::Failed(why) => return Err(format!("batch {batch_id}: {why}")),

@@ -17,6 +17,8 @@ use serde_json::{Map, Value};
 pub const BULK_PATH: &str = "/api/v3/contacts/bulk";
 /// Assumed: v2's status endpoint under v3.
 pub const STATUS_PATH: &str = "/api/v3/contacts/bulk/status";
+/// Starts the error of a status call whose path the tenant does not serve.
+pub const NO_STATUS_ENDPOINT: &str = "the tenant does not serve the bulk status path";
 
 /// Where a batch is, as far as the status answer says.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -555,6 +555,18 @@ impl Client {
             .await
         {
             Sent::Answer(a) if a.status == 200 => bulk_api::parse_status(&a.body),
+            // The path itself is not served (an unknown batch is a 404 naming the batch).
+            Sent::Answer(a)
+                if a.status == 405
+                    || (a.status == 404 && !a.body.to_ascii_lowercase().contains("batch")) =>
+            {
+                Err(format!(
+                    "{}: {} {}",
+                    bulk_api::NO_STATUS_ENDPOINT,
+                    bulk_api::STATUS_PATH,
+                    reason(&a)
+                ))
+            }
             Sent::Answer(a) => Err(format!("status of batch {batch_id}: {}", reason(&a))),
             Sent::Unknown(r) | Sent::Failed(r) => Err(format!("status of batch {batch_id}: {r}")),
         }
