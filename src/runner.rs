@@ -477,7 +477,7 @@ async fn checkpoint(
         return Ok(());
     }
     let batches = std::mem::take(pending);
-    let rows = p.state.append_delta_batches(m, batches, &p.run_id).await?;
+    let rows = p.state.append_delta(m, batches, &p.run_id).await?;
     tracing::info!(rows, deltas = m.deltas.len(), "checkpoint");
     *pending_rows = 0;
     Ok(())

@@ -395,22 +395,10 @@ impl State {
             .map_err(|e| Error::Storage(df_message(&format!("state: cannot read {rel}"), &e)))
     }
 
-    /// Appends a delta (snapshot columns plus `_op`) and names it in the manifest. Once this
-    /// returns, the rows are part of the state, even if the process dies right after.
-    pub async fn append_delta(&self, m: &mut Manifest, df: DataFrame, run_id: &str) -> Result<u64> {
-        let rel = format!(
-            "deltas/{:08}-{:06}-{run_id}.parquet",
-            m.generation,
-            m.deltas.len() + 1
-        );
-        let rows = self.write(df, &rel).await?;
-        m.deltas.push(rel);
-        self.put_manifest(m).await?;
-        Ok(rows)
-    }
-
-    /// [`State::append_delta`] for rows held in memory, written from this process.
-    pub async fn append_delta_batches(
+    /// Appends a delta (snapshot columns plus `_op`), written from this process, and names
+    /// it in the manifest. Once this returns, the rows are part of the state, even if the
+    /// process dies right after.
+    pub async fn append_delta(
         &self,
         m: &mut Manifest,
         batches: Vec<RecordBatch>,

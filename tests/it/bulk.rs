@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use voyado_sync::emulator::{Deletion, Emulator, EmulatorConfig, Endpoint, Faults};
+use voyado_sync::emulator::{Deletion, Emulator, EmulatorConfig, Endpoint, Faults, RateLimit};
 
 use crate::common::{Sync, cli, json as parse};
 use crate::diff::{Row, batch};
@@ -301,11 +301,18 @@ async fn a_batch_that_fails_or_never_finishes_leaves_its_rows_for_the_next_run()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_answers_and_server_errors_on_bulk_calls_create_no_duplicate() {
+async fn lost_answers_server_errors_and_429_on_bulk_calls_create_no_duplicate() {
+    // A cap below the client's pace: bulk calls and status polls share the single path's
+    // rate limit and retries.
     let emu = Emulator::start(bulk_emulator(Faults {
         seed: 11,
         lost_answer_rate: 0.5,
         error_rate: 0.2,
+        rate_limit: Some(RateLimit {
+            requests: 5,
+            window: Duration::from_millis(500),
+            retry_after_secs: None,
+        }),
         ..Faults::default()
     }))
     .await
@@ -329,6 +336,12 @@ async fn lost_answers_and_server_errors_on_bulk_calls_create_no_duplicate() {
     assert_eq!(last, Some(0));
     let injected = emu.injected_faults();
     assert!(injected.lost_answers > 0, "the fault was exercised");
+    assert!(injected.rate_limited > 0, "the cap was exercised");
+    assert!(
+        emu.requests().count(Endpoint::BulkCreate, 429)
+            + emu.requests().count(Endpoint::BulkStatus, 429)
+            > 0
+    );
     assert_exact(&emu, 20);
     assert_no_violations(&emu);
     let before = emu.requests().total();

@@ -201,7 +201,9 @@ fn datafusion_options_are_applied_and_unknown_ones_named() {
     let out = cli(&["plan", "--json", "-c", s.config().to_str().unwrap()], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(counts(&parse(&out)), [2, 0, 0, 0, 0]);
-    write("\"optimizer.prefer_hash_joins\" = false\n\"execution.batch_size\" = \"many\"");
+    write(
+        "\"optimizer.prefer_hash_joins\" = false\n\"execution.batch_size\" = \"many\"\n\"execution.collect_statistics\" = true",
+    );
     let out = cli(&["plan", "-c", s.config().to_str().unwrap()], &[]);
     assert_eq!(out.code, 2);
     let errors: Vec<&str> = out
@@ -209,10 +211,16 @@ fn datafusion_options_are_applied_and_unknown_ones_named() {
         .lines()
         .filter(|l| l.contains("[datafusion]"))
         .collect();
-    assert_eq!(errors.len(), 2, "{}", out.stderr);
+    assert_eq!(errors.len(), 3, "{}", out.stderr);
     assert!(errors[0].contains("execution.batch_size"), "{}", out.stderr);
+    // Statistics would bring back the NaN-read-as-constant trap: refused, with the reason.
     assert!(
-        errors[1].contains("optimizer.prefer_hash_joins"),
+        errors[1].contains("execution.collect_statistics") && errors[1].contains("NaN"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        errors[2].contains("optimizer.prefer_hash_joins"),
         "{}",
         out.stderr
     );

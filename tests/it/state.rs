@@ -84,8 +84,11 @@ async fn append_delta(s: &Sync, rows: &[(Row, &str, &str, &str)]) {
         values.join(", "),
         meta.join(" UNION ALL ")
     );
-    let df = ctx.sql(&sql).await.unwrap();
-    state.append_delta(&mut m, df, "test-run").await.unwrap();
+    let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    state
+        .append_delta(&mut m, batches, "test-run")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

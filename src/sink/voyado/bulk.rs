@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::bulk_api::{self, BatchState, ItemError};
+use super::bulk_api::{BatchState, ItemError, StatusError};
 use super::client::{Client, Submit};
 use super::encode::object;
 use super::outcome::Outcome;
@@ -271,14 +271,19 @@ impl BulkPlanner<'_> {
                 ));
             }
             tokio::time::sleep(wait.min(left)).await;
-            let status = self.client.bulk_status(batch_id).await;
-            if let Err(why) = &status
-                && why.starts_with(bulk_api::NO_STATUS_ENDPOINT)
-                && let Ok(mut s) = self.stopped.lock()
-            {
-                s.get_or_insert_with(|| why.clone());
-            }
-            match status? {
+            let status = match self.client.bulk_status(batch_id).await {
+                Ok(status) => status,
+                Err(e) => {
+                    let why = e.to_string();
+                    if matches!(e, StatusError::NoEndpoint(_))
+                        && let Ok(mut s) = self.stopped.lock()
+                    {
+                        s.get_or_insert_with(|| why.clone());
+                    }
+                    return Err(why);
+                }
+            };
+            match status {
                 BatchState::Pending => {}
                 done @ BatchState::Completed { .. } => return Ok(done),
                 BatchState::Failed(why) => return Err(format!("batch {batch_id}: {why}")),

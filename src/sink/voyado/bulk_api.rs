@@ -17,8 +17,28 @@ use serde_json::{Map, Value};
 pub const BULK_PATH: &str = "/api/v3/contacts/bulk";
 /// Assumed: v2's status endpoint under v3.
 pub const STATUS_PATH: &str = "/api/v3/contacts/bulk/status";
-/// Starts the error of a status call whose path the tenant does not serve.
-pub const NO_STATUS_ENDPOINT: &str = "the tenant does not serve the bulk status path";
+
+/// Why a status could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusError {
+    /// The tenant does not serve the (assumed) status path at all: no batch can be
+    /// confirmed, so sending more is pointless.
+    NoEndpoint(String),
+    /// This batch's status could not be read (transport, unknown batch, unreadable answer).
+    Batch(String),
+}
+
+impl std::fmt::Display for StatusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusError::NoEndpoint(why) => write!(
+                f,
+                "the tenant does not serve the bulk status path {STATUS_PATH}: {why}"
+            ),
+            StatusError::Batch(why) => f.write_str(why),
+        }
+    }
+}
 
 /// Where a batch is, as far as the status answer says.
 #[derive(Debug, Clone, PartialEq, Eq)]

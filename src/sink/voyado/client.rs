@@ -10,7 +10,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use serde::Serialize;
 
-use super::bulk_api::{self, BatchState};
+use super::bulk_api::{self, BatchState, StatusError};
 use super::rate::Pacer;
 use super::retry::{Backoff, RetryAction, classify_status, classify_transport, parse_retry_after};
 use crate::config::{Key, Settings};
@@ -543,7 +543,10 @@ impl Client {
 
     /// Reads a bulk batch's status once. Errors (transport, an unknown batch, an answer
     /// that cannot be read) are reasons to leave the batch's rows unconfirmed.
-    pub async fn bulk_status(&self, batch_id: &str) -> std::result::Result<BatchState, String> {
+    pub async fn bulk_status(
+        &self,
+        batch_id: &str,
+    ) -> std::result::Result<BatchState, StatusError> {
         let url = format!(
             "{}{}?batchId={}",
             self.base,
@@ -554,21 +557,23 @@ impl Client {
             .send(Endpoint::BulkStatus, true, || self.http.get(&url))
             .await
         {
-            Sent::Answer(a) if a.status == 200 => bulk_api::parse_status(&a.body),
+            Sent::Answer(a) if a.status == 200 => {
+                bulk_api::parse_status(&a.body).map_err(StatusError::Batch)
+            }
             // The path itself is not served (an unknown batch is a 404 naming the batch).
             Sent::Answer(a)
                 if a.status == 405
                     || (a.status == 404 && !a.body.to_ascii_lowercase().contains("batch")) =>
             {
-                Err(format!(
-                    "{}: {} {}",
-                    bulk_api::NO_STATUS_ENDPOINT,
-                    bulk_api::STATUS_PATH,
-                    reason(&a)
-                ))
+                Err(StatusError::NoEndpoint(reason(&a)))
             }
-            Sent::Answer(a) => Err(format!("status of batch {batch_id}: {}", reason(&a))),
-            Sent::Unknown(r) | Sent::Failed(r) => Err(format!("status of batch {batch_id}: {r}")),
+            Sent::Answer(a) => Err(StatusError::Batch(format!(
+                "status of batch {batch_id}: {}",
+                reason(&a)
+            ))),
+            Sent::Unknown(r) | Sent::Failed(r) => Err(StatusError::Batch(format!(
+                "status of batch {batch_id}: {r}"
+            ))),
         }
     }
 }
