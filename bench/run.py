@@ -22,14 +22,17 @@ CUSTOM = ["newsletter", "signed_up_at", "churn_score", "segment", "order_count",
           "total_spent", "last_order_at", "loyalty_tier"]
 
 
-def config(data, version, memory_mb, datafusion=()):
+def config(data, version, memory_mb, datafusion=(), slices=1):
     custom = ", ".join(f'"{c}"' for c in CUSTOM)
+    sliced = (f'partitions = {slices}\npartition_keys = {{ customers = "customer_id", orders = "customer_id" }}'
+              if slices > 1 else "")
     datafusion_lines = "\n".join(f'"{k}" = "{v}"' for k, v in datafusion)
     return f"""name = "bench"
 [source]
 tables = {{ customers = "{version}/customers.parquet", orders = "{version}/orders.parquet" }}
 [model]
 query = "{os.path.join(HERE, 'model.sql')}"
+{sliced}
 [destination]
 url = "http://127.0.0.1:9"
 api_key_env = "VOYADO_API_KEY"
@@ -65,12 +68,25 @@ def timed(cmd):
     return elapsed, rss_kb / 1024, out.stdout
 
 
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def fmt(xs):
+    return " ".join(f"{x:.2f}" for x in xs)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--memory-mb", type=int, default=2048)
     ap.add_argument("--datafusion", action="append", default=[], metavar="KEY=VALUE",
                     help="a [datafusion] session option for our runs (repeatable)")
+    ap.add_argument("--slices", type=int, default=1,
+                    help="run our model in this many slices by customer_id ([model] partitions)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="timed runs of each side; the median is printed (this machine is noisy)")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "voyado-sync"))
     args = ap.parse_args()
     data = os.path.join(HERE, "data", str(args.rows))
@@ -80,17 +96,26 @@ def main():
     for v in ("v1", "v2"):
         with open(os.path.join(data, f"sync-{v}.toml"), "w") as f:
             f.write(config(data, v, args.memory_mb,
-                           [o.split("=", 1) for o in args.datafusion]))
+                           [o.split("=", 1) for o in args.datafusion], args.slices))
     subprocess.run([args.binary, "-q", "reset", "-c", os.path.join(data, "sync-v1.toml")], check=True,
                    stdout=subprocess.DEVNULL)
     base_s, base_rss, _ = timed([args.binary, "-q", "baseline", "-c", os.path.join(data, "sync-v1.toml")])
-    plan_s, plan_rss, out = timed([args.binary, "-q", "plan", "--json", "-c", os.path.join(data, "sync-v2.toml")])
-    ours = json.loads(out)["counts"]
-    model_s, model_rss, _ = timed([args.binary, "-q", "plan", "--model-only", "-c", os.path.join(data, "sync-v2.toml")])
-    ref = json.loads(subprocess.run([sys.executable, os.path.join(HERE, "duckdb_ref.py"), data],
-                                    capture_output=True, text=True, check=True).stdout)
+    v2 = os.path.join(data, "sync-v2.toml")
+    plans, models, refs = [], [], []
+    for _ in range(args.repeat):  # interleaved, so a noisy spell hits every side alike
+        plans.append(timed([args.binary, "-q", "plan", "--json", "-c", v2]))
+        models.append(timed([args.binary, "-q", "plan", "--model-only", "-c", v2]))
+        refs.append(json.loads(subprocess.run([sys.executable, os.path.join(HERE, "duckdb_ref.py"), data],
+                                              capture_output=True, text=True, check=True).stdout))
+    plan_s, plan_rss = median([p[0] for p in plans]), max(p[1] for p in plans)
+    model_s, model_rss = median([m[0] for m in models]), max(m[1] for m in models)
+    ours = json.loads(plans[0][2])["counts"]
+    ref = {"seconds": median([r["seconds"] for r in refs]), "counts": refs[0]["counts"]}
     same = ours == ref["counts"]
-    print(f"rows {args.rows:,}  memory_limit_mb {args.memory_mb}  cores {os.cpu_count()}")
+    print(f"rows {args.rows:,}  memory_limit_mb {args.memory_mb}  slices {args.slices}  cores {os.cpu_count()}  "
+          f"median of {args.repeat} runs (peak RSS: the largest)")
+    print(f"  runs: plan {fmt(p[0] for p in plans)}  model {fmt(m[0] for m in models)}  "
+          f"DuckDB {fmt(r['seconds'] for r in refs)}")
     print(f"  voyado-sync plan      {plan_s:7.2f} s   peak RSS {plan_rss:7.0f} MB")
     print(f"  DuckDB same work      {ref['seconds']:7.2f} s")
     print(f"  ratio                 {plan_s / ref['seconds']:7.2f} x DuckDB")

@@ -80,6 +80,7 @@ pub fn functions() -> Vec<datafusion::logical_expr::ScalarUDF> {
     crate::identity::udf::all()
         .into_iter()
         .chain(crate::diff::row_hash::all())
+        .chain(crate::model::functions())
         .collect()
 }
 

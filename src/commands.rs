@@ -139,16 +139,18 @@ pub async fn plan(target: impl Into<Target>) -> Result<Report> {
 /// measured against. Returns (rows, milliseconds).
 pub async fn model_only(target: impl Into<Target>) -> Result<(u64, u64)> {
     let p = prepare(&target.into(), false).await?;
-    let df = crate::model::plan(&p.ctx, &p.settings).await?;
-    let mut stream = df
-        .execute_stream()
-        .await
-        .map_err(|e| Error::Input(df_message("running the model", &e)))?;
     let mut rows = 0u64;
-    while let Some(b) = futures::StreamExt::next(&mut stream).await {
-        rows += b
-            .map_err(|e| Error::Input(df_message("running the model", &e)))?
-            .num_rows() as u64;
+    let (slices, _files) = crate::model::plan_slices(&p.ctx, &p.settings).await?;
+    for df in slices {
+        let mut stream = df
+            .execute_stream()
+            .await
+            .map_err(|e| Error::Input(df_message("running the model", &e)))?;
+        while let Some(b) = futures::StreamExt::next(&mut stream).await {
+            rows += b
+                .map_err(|e| Error::Input(df_message("running the model", &e)))?
+                .num_rows() as u64;
+        }
     }
     Ok((rows, p.clock.elapsed().as_millis() as u64))
 }
@@ -178,7 +180,7 @@ async fn baseline_locked(p: &Prepared) -> Result<Report> {
         quote(state::ROW_HASH),
     ];
     cols.extend(p.settings.attributes.iter().map(|m| quote(&m.attribute)));
-    let mut rows: Option<datafusion::prelude::DataFrame> = None;
+    let mut rows = Vec::new();
     for df in &set.buckets {
         let name = crate::catalog::temp_view(&p.ctx, "baseline", df.clone())
             .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
@@ -190,16 +192,8 @@ async fn baseline_locked(p: &Prepared) -> Result<Report> {
             ))
             .await
             .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
-        rows = Some(match rows {
-            None => df,
-            Some(r) => r
-                .union(df)
-                .map_err(|e| Error::Internal(df_message("baseline", &e)))?,
-        });
+        rows.push(df);
     }
-    let Some(rows) = rows else {
-        return Err(Error::Internal("change set has no buckets".into()));
-    };
     let committed = p
         .state
         .commit(

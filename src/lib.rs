@@ -9,6 +9,8 @@
 //! - [`identity`]: identifier normalisation and validity rules, also as SQL functions.
 //! - [`diff`]: joins of the model's rows with the state on the normalised identifier,
 //!   classifying every row as new, changed, unchanged, deleted or invalid.
+//! - [`spill`]: rows routed by a hash into per-bucket files, for a model or a diff larger
+//!   than memory.
 //! - [`state`]: snapshot, deltas, manifest and lock on a folder or object store.
 //! - [`sink`]: the Voyado Engage client, payload encoding and per-row decisions.
 //! - [`runner`]: one `run`, from the diff to the committed snapshot.
@@ -32,6 +34,7 @@ pub mod model;
 pub mod report;
 pub mod runner;
 pub mod sink;
+pub mod spill;
 pub mod state;
 
 pub use error::{Error, Result};

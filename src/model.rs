@@ -1,9 +1,23 @@
 //! The user's SQL model: planned on the registered sources, its output checked against the
 //! mapping before any data moves.
+//!
+//! A model larger than memory can run in slices (`[model] partitions`): slice p sees the
+//! rows of each keyed table whose key hashes to p, so every join and GROUP BY on that key
+//! finds all its rows within one slice, and each slice needs a fraction of the memory.
+//! DataFusion 55's hash join cannot spill, so this is how a model bigger than the memory
+//! pool completes.
 
-use datafusion::arrow::datatypes::{DataType, Schema};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Builder};
+use datafusion::arrow::datatypes::*;
+use datafusion::common::{Result as DfResult, ScalarValue, exec_err};
+use datafusion::execution::FunctionRegistry;
 use datafusion::execution::context::SQLOptions;
-use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::prelude::{DataFrame, Expr, SessionContext, ident, lit};
 
 use crate::config::Settings;
 use crate::diff::row_hash;
@@ -19,6 +33,259 @@ pub async fn plan(ctx: &SessionContext, settings: &Settings) -> Result<DataFrame
     ctx.sql_with_options(&settings.model_sql, options)
         .await
         .map_err(|e| Error::Input(df_message(&format!("model {}", settings.model_origin), &e)))
+}
+
+/// The model once per slice (one frame, on whole tables, without `[model] partitions`),
+/// and the folder of the sources' slice files the frames read. Each keyed table is split
+/// once into per-slice files (one read of the source, where reading it again per slice
+/// would decode it `partitions` times); tables without a key are read whole by every slice.
+pub async fn plan_slices(
+    ctx: &SessionContext,
+    settings: &Settings,
+) -> Result<(Vec<DataFrame>, Option<tempfile::TempDir>)> {
+    let n = settings.slices.count;
+    if n <= 1 {
+        return Ok((vec![plan(ctx, settings).await?], None));
+    }
+    let fail = |e: datafusion::error::DataFusionError| Error::Internal(df_message("slices", &e));
+    let dir = crate::spill::temp_dir()?;
+    let slice = ctx.udf(SLICE).map_err(fail)?;
+    let mut split = Vec::new();
+    for (table, key) in &settings.slices.keys {
+        let source = |e| Error::Input(df_message(&format!("[source] tables.{table}"), &e));
+        let provider = ctx.table_provider(table.as_str()).await.map_err(source)?;
+        match provider.schema().field_with_name(key) {
+            Ok(f) if slice_key_type(f.data_type()) => {}
+            Ok(f) => {
+                return Err(Error::config(format!(
+                    "[model] partition_keys.{table}: column {key} has type {}; slice keys must be integers, strings or dates",
+                    f.data_type()
+                )));
+            }
+            Err(_) => {
+                return Err(Error::config(format!(
+                    "[model] partition_keys.{table}: the table has no column {key:?}"
+                )));
+            }
+        }
+        let df = ctx
+            .read_table(Arc::clone(&provider))
+            .and_then(|df| {
+                let mut cols: Vec<_> = df
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .map(Expr::Column)
+                    .collect();
+                cols.push(
+                    slice
+                        .call(vec![ident(key), lit(n)])
+                        .alias(crate::spill::BUCKET_COLUMN),
+                );
+                df.select(cols)
+            })
+            .map_err(source)?;
+        let mut files = crate::spill::BucketFiles::create(
+            dir.path(),
+            &format!("slice-{}", split.len()),
+            crate::spill::without_bucket(df.schema().as_arrow()),
+            n,
+        )?;
+        let rows = files
+            .stream(df, &format!("[source] tables.{table}"))
+            .await?;
+        tracing::debug!(
+            table = table.as_str(),
+            rows,
+            slices = n,
+            "source split into slices"
+        );
+        split.push((table.as_str(), provider, files.finish()?));
+    }
+    let mut frames = Vec::new();
+    for p in 0..n as usize {
+        for (table, _, paths) in &split {
+            let part = crate::spill::read(ctx, &paths[p]).await.map_err(fail)?;
+            ctx.deregister_table(*table).map_err(fail)?;
+            ctx.register_table(*table, part.into_view()).map_err(fail)?;
+        }
+        frames.push(plan(ctx, settings).await?);
+    }
+    for (table, provider, _) in split {
+        ctx.deregister_table(table).map_err(fail)?;
+        ctx.register_table(table, provider).map_err(fail)?;
+    }
+    Ok((frames, Some(dir)))
+}
+
+pub const SLICE: &str = "voyado_slice";
+
+fn slice_key_type(t: &DataType) -> bool {
+    use DataType::*;
+    matches!(
+        t,
+        Int8 | Int16
+            | Int32
+            | Int64
+            | UInt8
+            | UInt16
+            | UInt32
+            | UInt64
+            | Utf8
+            | LargeUtf8
+            | Utf8View
+            | Date32
+    )
+}
+
+/// `voyado_slice(key, n)` -> UInt32 in 0..n: the slice of a row. Integers hash by value
+/// (an Int32 key in one table meets the same Int64 key in another), strings by their bytes
+/// (XXH3); nulls go to slice 0.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SliceUdf {
+    signature: Signature,
+}
+
+pub fn functions() -> Vec<ScalarUDF> {
+    vec![ScalarUDF::from(SliceUdf {
+        signature: Signature::any(2, Volatility::Immutable),
+    })]
+}
+
+/// splitmix64's finaliser: consecutive ids spread evenly over the slices.
+fn mix(v: u64) -> u64 {
+    let mut z = v.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn slices_of<T>(
+    a: &dyn Array,
+    n: u64,
+    value: impl Fn(usize) -> T,
+    hash: impl Fn(T) -> u64,
+) -> ArrayRef {
+    let mut b = UInt32Builder::with_capacity(a.len());
+    for i in 0..a.len() {
+        b.append_value(if a.is_null(i) {
+            0
+        } else {
+            (hash(value(i)) % n) as u32
+        });
+    }
+    Arc::new(b.finish())
+}
+
+impl ScalarUDFImpl for SliceUdf {
+    fn name(&self) -> &str {
+        SLICE
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::UInt32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let n = match &args.args[1] {
+            ColumnarValue::Scalar(s) => match s.cast_to(&DataType::UInt32)? {
+                ScalarValue::UInt32(Some(n)) if n > 0 => u64::from(n),
+                _ => return exec_err!("{SLICE}: the slice count must be a positive integer"),
+            },
+            _ => return exec_err!("{SLICE}: the slice count must be a literal"),
+        };
+        let a = args.args[0].clone().into_array(args.number_rows)?;
+        let int = |v: i128| mix(v as u64 ^ ((v >> 64) as u64));
+        let out = match a.data_type() {
+            DataType::Int8 => slices_of(
+                &a,
+                n,
+                |i| a.as_primitive::<Int8Type>().value(i) as i128,
+                int,
+            ),
+            DataType::Int16 => slices_of(
+                &a,
+                n,
+                |i| a.as_primitive::<Int16Type>().value(i) as i128,
+                int,
+            ),
+            DataType::Int32 => slices_of(
+                &a,
+                n,
+                |i| a.as_primitive::<Int32Type>().value(i) as i128,
+                int,
+            ),
+            DataType::Int64 => slices_of(
+                &a,
+                n,
+                |i| a.as_primitive::<Int64Type>().value(i) as i128,
+                int,
+            ),
+            DataType::UInt8 => slices_of(
+                &a,
+                n,
+                |i| a.as_primitive::<UInt8Type>().value(i) as i128,
+                int,
+            ),
+            DataType::UInt16 => slices_of(
+                &a,
+                n,
+                |i| a.as_primitive::<UInt16Type>().value(i) as i128,
+                int,
+            ),
+            DataType::UInt32 => slices_of(
+                &a,
+                n,
+                |i| a.as_primitive::<UInt32Type>().value(i) as i128,
+                int,
+            ),
+            DataType::UInt64 => slices_of(
+                &a,
+                n,
+                |i| a.as_primitive::<UInt64Type>().value(i) as i128,
+                int,
+            ),
+            DataType::Date32 => slices_of(
+                &a,
+                n,
+                |i| a.as_primitive::<Date32Type>().value(i) as i128,
+                int,
+            ),
+            DataType::Utf8 => {
+                let s = a.as_string::<i32>();
+                slices_of(
+                    &a,
+                    n,
+                    |i| s.value(i),
+                    |v| xxhash_rust::xxh3::xxh3_64(v.as_bytes()),
+                )
+            }
+            DataType::LargeUtf8 => {
+                let s = a.as_string::<i64>();
+                slices_of(
+                    &a,
+                    n,
+                    |i| s.value(i),
+                    |v| xxhash_rust::xxh3::xxh3_64(v.as_bytes()),
+                )
+            }
+            DataType::Utf8View => {
+                let s = a.as_string_view();
+                slices_of(
+                    &a,
+                    n,
+                    |i| s.value(i),
+                    |v| xxhash_rust::xxh3::xxh3_64(v.as_bytes()),
+                )
+            }
+            other => return exec_err!("{SLICE}: cannot slice by a {other} column"),
+        };
+        Ok(ColumnarValue::Array(out))
+    }
 }
 
 /// Checks the model's output schema against the configuration: the identifier and every

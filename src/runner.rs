@@ -128,7 +128,7 @@ async fn run_locked(p: &Prepared, api_key: &ApiKey, options: &RunOptions) -> Res
             } else {
                 Some(&m)
             },
-            compacted,
+            vec![compacted],
             &NewSnapshot {
                 run_id: p.run_id.clone(),
                 identifier_key: s.key.as_str().to_string(),

@@ -116,6 +116,11 @@ pub struct SourceConfig {
 pub struct ModelConfig {
     pub query: Option<String>,
     pub sql: Option<String>,
+    /// Run the model once per slice of its sources (a model larger than memory).
+    pub partitions: Option<u32>,
+    /// Table -> the column whose hash picks each row's slice.
+    #[serde(default)]
+    pub partition_keys: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,6 +18,8 @@ pub struct Settings {
     pub model_sql: String,
     /// Where the SQL came from, for error messages.
     pub model_origin: String,
+    /// How many slices the model runs in, and by which key column of which table.
+    pub slices: Slices,
     pub destination: DestinationSettings,
     pub identifier_column: String,
     pub key: Key,
@@ -745,6 +747,7 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
         }
     }
     let engine = validate_engine(&config.engine, &mut problems);
+    let slices = validate_slices(&config.model, &tables, &engine, &mut problems);
 
     if !problems.is_empty() {
         return Err(Error::Config(problems));
@@ -762,6 +765,7 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
         tables,
         model_sql,
         model_origin,
+        slices,
         destination: DestinationSettings {
             url,
             api_key,
@@ -817,6 +821,70 @@ fn option_text(value: &toml::Value) -> Option<String> {
         toml::Value::Integer(i) => Some(i.to_string()),
         toml::Value::Float(f) => Some(f.to_string()),
         _ => None,
+    }
+}
+
+/// Model slices: see [`Slices`].
+#[derive(Debug, Clone, Default)]
+pub struct Slices {
+    /// 1 = the model runs once, on whole tables.
+    pub count: u32,
+    /// (table, key column); tables not listed are read whole by every slice.
+    pub keys: Vec<(String, String)>,
+}
+
+pub const MAX_SLICES: u32 = 1024;
+
+fn validate_slices(
+    model: &super::ModelConfig,
+    tables: &[(String, Location)],
+    engine: &Engine,
+    problems: &mut Vec<String>,
+) -> Slices {
+    let count = model.partitions.unwrap_or(1);
+    if count == 0 || count > MAX_SLICES {
+        problems.push(format!(
+            "[model] partitions: {count} is out of range (1 to {MAX_SLICES})"
+        ));
+        return Slices::default();
+    }
+    if count > 1 && model.partition_keys.is_empty() {
+        problems.push(
+            "[model] partition_keys: required with partitions > 1: the key column of each large table, e.g. { customers = \"customer_id\", orders = \"customer_id\" }"
+                .to_string(),
+        );
+    }
+    if count == 1 && !model.partition_keys.is_empty() {
+        problems.push(
+            "[model] partition_keys: only used with partitions > 1; set partitions or remove them"
+                .to_string(),
+        );
+    }
+    if count > 1 && engine.is_ballista() {
+        problems.push(
+            "[model] partitions: applies to the local engine; a Ballista cluster runs the model in its executors' memory"
+                .to_string(),
+        );
+    }
+    for (table, column) in &model.partition_keys {
+        if !tables.iter().any(|(t, _)| t == table) {
+            problems.push(format!(
+                "[model] partition_keys.{table}: no such table in [source] tables"
+            ));
+        }
+        if column.trim().is_empty() {
+            problems.push(format!(
+                "[model] partition_keys.{table}: the key column is empty"
+            ));
+        }
+    }
+    Slices {
+        count,
+        keys: model
+            .partition_keys
+            .iter()
+            .map(|(t, c)| (t.clone(), c.clone()))
+            .collect(),
     }
 }
 

@@ -17,13 +17,14 @@ use datafusion::arrow::array::{Array, AsArray, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 
 use crate::config::Settings;
 use crate::error::{Error, Result, df_message};
 use crate::identity;
+use crate::spill;
 use crate::state::{self, Manifest, quote};
 
 /// Column names of the classified change set (attribute columns follow, by attribute name).
@@ -74,8 +75,8 @@ pub struct ChangeSet {
     /// reads them to tell which attributes changed).
     pub state: DataFrame,
     pub attributes: BTreeMap<String, String>,
-    /// Keeps the materialised model output alive while the frames are read.
-    _spill: Option<tempfile::TempDir>,
+    /// Keeps the spilled files the frames read alive.
+    _spill: Vec<tempfile::TempDir>,
 }
 
 /// Plans the model, the identity rules and the comparison with the state.
@@ -88,12 +89,12 @@ pub async fn plan(
     snapshot: Option<(DataFrame, &Manifest)>,
     wide: bool,
 ) -> Result<ChangeSet> {
-    let model = crate::model::plan(ctx, settings).await?;
-    let problems = crate::model::check_output(model.schema().as_arrow(), settings);
+    let (slices, slice_files) = crate::model::plan_slices(ctx, settings).await?;
+    let schema = slices[0].schema().as_arrow().clone();
+    let problems = crate::model::check_output(&schema, settings);
     if !problems.is_empty() {
         return Err(Error::Config(problems));
     }
-    let schema = model.schema().as_arrow().clone();
     let mut attributes = BTreeMap::new();
     for m in &settings.attributes {
         let t = schema
@@ -103,77 +104,8 @@ pub async fn plan(
         let class = row_hash::type_class(&t).unwrap_or("null");
         attributes.insert(m.attribute.clone(), class.to_string());
     }
-    let fail = |what: &str| {
-        let what = what.to_string();
-        move |e: datafusion::error::DataFusionError| Error::Input(df_message(&what, &e))
-    };
-    ctx.register_table("__vs_model_src", model.into_view())
-        .map_err(fail("model"))?;
-
-    // Identity rules and row hash on the model's rows.
     let key = settings.key.as_str();
-    let id = quote(&settings.identifier_column);
-    let values = settings
-        .attributes
-        .iter()
-        .map(|m| format!("{} AS {}", quote(&m.column), quote(&m.attribute)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let model_hash = row_hash::sql_call(
-        settings
-            .attributes
-            .iter()
-            .map(|m| (m.attribute.as_str(), quote(&m.column))),
-    );
-    let attr_cols = settings
-        .attributes
-        .iter()
-        .map(|m| quote(&m.attribute))
-        .collect::<Vec<_>>();
-    let known = match &settings.contact_id_column {
-        Some(c) => format!("NULLIF(trim(CAST({} AS VARCHAR)), '')", quote(c)),
-        None => "CAST(NULL AS VARCHAR)".to_string(),
-    };
-    // The row hash is computed here, before the duplicate check, so that a plan that needs
-    // only counts sorts narrow rows (DataFusion prunes the unused value columns).
-    let raw = format!("CAST({id} AS VARCHAR)");
-    let norm = format!("{}({raw}, '{key}')", identity::udf::NORMALIZE);
-    // A shard keeps the rows whose normalised identifier hashes to it; rows without one
-    // (invalid) go by their raw value, so every row lands in exactly one shard.
-    let shard_filter = match settings.shard {
-        Some(s) => format!(
-            " WHERE {}(COALESCE({norm}, {raw}, ''), {}) = {}",
-            identity::udf::SHARD,
-            s.count,
-            s.index
-        ),
-        None => String::new(),
-    };
-    let sql = format!(
-        "SELECT {raw} AS {RAW_IDENTIFIER}, {norm} AS {ident}, {known} AS {KNOWN_CONTACT_ID}, \
-           {model_hash} AS {row_hash}, {values} FROM __vs_model_src{shard_filter}",
-        ident = state::IDENTIFIER,
-        row_hash = state::ROW_HASH,
-    );
-    let projected = ctx.sql(&sql).await.map_err(fail("model"))?;
-    ctx.register_table("__vs_model", projected.into_view())
-        .map_err(fail("model"))?;
-    // Duplicates: the identifiers seen more than once, from a grouped count over the
-    // identifier column alone, joined back to every row (the small side is the one built,
-    // so rows stream through). This runs the model's scan twice, yet measured 1.9 s -> 1.1 s
-    // and 740 -> 460 MB for a 1 M-row plan against `count(*) OVER (PARTITION BY ...)`,
-    // whose window operator sorts and evaluates a million single-row partitions.
-    let sql = format!(
-        "SELECT m.*, TRUE AS __present, \
-           COALESCE({problem}(m.{ident}, '{key}'), \
-             CASE WHEN d.__dup_id IS NOT NULL THEN '{dup}' END) AS {REASON} \
-         FROM (SELECT {ident} AS __dup_id FROM __vs_model GROUP BY {ident} HAVING count(*) > 1) d \
-         RIGHT JOIN __vs_model m ON d.__dup_id = m.{ident}",
-        problem = identity::udf::PROBLEM,
-        ident = state::IDENTIFIER,
-        dup = identity::REASON_DUPLICATE,
-    );
-    let valid = ctx.sql(&sql).await.map_err(fail("model"))?;
+    let rules = Rules::new(settings);
 
     // Compact state view, hashes recomputed from stored values when they cannot be trusted.
     let (state_df, manifest) = match snapshot {
@@ -210,58 +142,27 @@ pub async fn plan(
     };
     ctx.register_table("__vs_state", state_df.clone().into_view())
         .map_err(fail("state"))?;
-    let compact = ctx
-        .sql(&format!(
-            "SELECT {id} AS __s_id, {snap_hash} AS __s_hash, {cid} AS __s_contact_id, {st} AS __s_status FROM __vs_state",
-            id = quote(state::IDENTIFIER),
-            cid = quote(state::CONTACT_ID),
-            st = quote(state::STATUS),
-        ))
-        .await
-        .map_err(fail("state"))?;
-    ctx.register_table("__vs_snap", compact.into_view())
-        .map_err(fail("state"))?;
+    let compact = format!(
+        "SELECT {id} AS __s_id, {snap_hash} AS __s_hash, {cid} AS __s_contact_id, {st} AS __s_status FROM __vs_state",
+        id = quote(state::IDENTIFIER),
+        cid = quote(state::CONTACT_ID),
+        st = quote(state::STATUS),
+    );
 
-    // Buckets: 1 unless the state's identifiers would not fit a quarter of the memory pool.
+    // Buckets: 1 unless the state's identifiers would not fit a quarter of the memory pool;
+    // a sliced model (too large for memory by the user's own account) gets at least as many.
     let buckets = if settings.limits.diff_partitions > 0 {
         settings.limits.diff_partitions
     } else {
         let rows = manifest.map_or(0, |m| m.snapshot_rows);
         let budget = settings.limits.memory_limit_mb * 1024 * 1024 / 4;
-        (rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)).max(1) as u32
+        ((rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)) as u32)
+            .max(settings.slices.count)
+            .max(1)
     };
-    // Under Ballista the spill file would be written on an executor's disk, which this
-    // process may not see: each bucket's query recomputes the model there instead.
-    let spill = if buckets > 1 && !settings.engine.is_ballista() {
-        let dir = tempfile::Builder::new()
-            .prefix("voyado-sync-diff-")
-            .tempdir()
-            .map_err(|e| Error::Storage(format!("temporary folder for the diff: {}", e.kind())))?;
-        let path = dir.path().join("model.parquet");
-        let path = path.to_string_lossy().into_owned();
-        valid
-            .write_parquet(
-                &path,
-                datafusion::dataframe::DataFrameWriteOptions::new().with_single_file_output(true),
-                None,
-            )
-            .await
-            .map_err(fail("model"))?;
-        let df = ctx
-            .read_parquet(path, ParquetReadOptions::default())
-            .await
-            .map_err(fail("model"))?;
-        ctx.register_table("__vs_model_valid", df.into_view())
-            .map_err(fail("model"))?;
-        Some(dir)
-    } else {
-        ctx.register_table("__vs_model_valid", valid.into_view())
-            .map_err(fail("model"))?;
-        None
-    };
-
     let values = if wide {
-        attr_cols
+        rules
+            .attr_cols
             .iter()
             .map(|c| format!(", m.{c}"))
             .collect::<String>()
@@ -269,6 +170,97 @@ pub async fn plan(
         String::new()
     };
     let mut frames = Vec::new();
+    // Under Ballista bucket files would be written on this machine, which executors may not
+    // see: each bucket's query recomputes the model there instead.
+    if buckets > 1 && !settings.engine.is_ballista() {
+        // Model rows and the compact state, each routed once into per-bucket files; each
+        // bucket then checks duplicates and joins on its own rows only.
+        let dir = spill::temp_dir()?;
+        let route = |ident: &str| {
+            format!(
+                ", {}({ident}, {buckets}) AS {}",
+                identity::udf::BUCKET,
+                spill::BUCKET_COLUMN
+            )
+        };
+        let mut model_files = None;
+        for (i, slice) in slices.into_iter().enumerate() {
+            let src = format!("__vs_model_src_{i}");
+            ctx.register_table(src.as_str(), slice.into_view())
+                .map_err(fail("model"))?;
+            let sql = rules.projection(&src, wide, &route(&rules.routing_id()));
+            let df = ctx.sql(&sql).await.map_err(fail("model"))?;
+            if model_files.is_none() {
+                let schema = spill::without_bucket(df.schema().as_arrow());
+                model_files = Some(spill::BucketFiles::create(
+                    dir.path(),
+                    "model",
+                    schema,
+                    buckets,
+                )?);
+            }
+            if let Some(files) = model_files.as_mut() {
+                files.stream(df, "running the model").await?;
+            }
+        }
+        let model_paths = match model_files {
+            Some(files) => files.finish()?,
+            None => return Err(Error::Internal("the model has no slices".into())),
+        };
+        let snap = ctx
+            .sql(&format!("SELECT *{} FROM ({compact})", route("__s_id")))
+            .await
+            .map_err(fail("state"))?;
+        let mut snap_files = spill::BucketFiles::create(
+            dir.path(),
+            "state",
+            spill::without_bucket(snap.schema().as_arrow()),
+            buckets,
+        )?;
+        snap_files.stream(snap, "reading the state").await?;
+        let snap_paths = snap_files.finish()?;
+        for (b, (m, s)) in model_paths.iter().zip(&snap_paths).enumerate() {
+            let model = spill::read(ctx, m).await.map_err(fail("model"))?;
+            let snap = spill::read(ctx, s).await.map_err(fail("state"))?;
+            let (mv, sv) = (format!("__vs_model_{b}"), format!("__vs_snap_{b}"));
+            ctx.register_table(mv.as_str(), model.into_view())
+                .map_err(fail("model"))?;
+            ctx.register_table(sv.as_str(), snap.into_view())
+                .map_err(fail("state"))?;
+            let valid = rules.checked(&mv);
+            frames.push(
+                ctx.sql(&rules.compare(&format!("SELECT * FROM {sv}"), &valid, &values))
+                    .await
+                    .map_err(fail("change detection"))?,
+            );
+        }
+        return Ok(ChangeSet {
+            buckets: frames,
+            state: state_df,
+            attributes,
+            _spill: vec![dir].into_iter().chain(slice_files).collect(),
+        });
+    }
+
+    // In memory: one plan over the whole model and state; under Ballista with buckets, one
+    // plan per bucket over filtered inputs. (A sliced model always takes the files above:
+    // slices are refused under Ballista.)
+    let [model] = <[DataFrame; 1]>::try_from(slices)
+        .map_err(|_| Error::Internal("a sliced model outside bucket files".into()))?;
+    ctx.register_table("__vs_model_src", model.into_view())
+        .map_err(fail("model"))?;
+    let projected = ctx
+        .sql(&rules.projection("__vs_model_src", true, ""))
+        .await
+        .map_err(fail("model"))?;
+    ctx.register_table("__vs_model", projected.into_view())
+        .map_err(fail("model"))?;
+    ctx.register_table(
+        "__vs_snap",
+        ctx.sql(&compact).await.map_err(fail("state"))?.into_view(),
+    )
+    .map_err(fail("state"))?;
+    let valid = rules.checked("__vs_model");
     for b in 0..buckets {
         let (sf, mf) = if buckets > 1 {
             (
@@ -276,14 +268,146 @@ pub async fn plan(
                 format!(
                     "WHERE {}({}, {buckets}) = {b}",
                     identity::udf::BUCKET,
-                    quote(state::IDENTIFIER)
+                    rules.routing_id()
                 ),
             )
         } else {
             (String::new(), String::new())
         };
-        // Comparisons are parenthesised: DataFusion 55 misparses chained IS DISTINCT FROM.
-        let sql = format!(
+        let sql = rules.compare(
+            &format!("SELECT * FROM __vs_snap {sf}"),
+            &format!("SELECT * FROM ({valid}) {mf}"),
+            &values,
+        );
+        frames.push(ctx.sql(&sql).await.map_err(fail("change detection"))?);
+    }
+    Ok(ChangeSet {
+        buckets: frames,
+        state: state_df,
+        attributes,
+        _spill: slice_files.into_iter().collect(),
+    })
+}
+
+fn fail(what: &str) -> impl Fn(datafusion::error::DataFusionError) -> Error {
+    let what = what.to_string();
+    move |e| Error::Input(df_message(&what, &e))
+}
+
+/// The SQL of the identity rules and the comparison, over tables named by the caller (the
+/// whole model and state, or one bucket's files).
+struct Rules {
+    key: &'static str,
+    raw: String,
+    norm: String,
+    known: String,
+    hash: String,
+    values: String,
+    attr_cols: Vec<String>,
+    shard_filter: String,
+}
+
+impl Rules {
+    fn new(settings: &Settings) -> Self {
+        let key = settings.key.as_str();
+        let id = quote(&settings.identifier_column);
+        let raw = format!("CAST({id} AS VARCHAR)");
+        let norm = format!("{}({raw}, '{key}')", identity::udf::NORMALIZE);
+        // A shard keeps the rows whose normalised identifier hashes to it; rows without one
+        // (invalid) go by their raw value, so every row lands in exactly one shard.
+        let shard_filter = match settings.shard {
+            Some(s) => format!(
+                " WHERE {}(COALESCE({norm}, {raw}, ''), {}) = {}",
+                identity::udf::SHARD,
+                s.count,
+                s.index
+            ),
+            None => String::new(),
+        };
+        Rules {
+            key,
+            hash: row_hash::sql_call(
+                settings
+                    .attributes
+                    .iter()
+                    .map(|m| (m.attribute.as_str(), quote(&m.column))),
+            ),
+            values: settings
+                .attributes
+                .iter()
+                .map(|m| format!(", {} AS {}", quote(&m.column), quote(&m.attribute)))
+                .collect(),
+            attr_cols: settings
+                .attributes
+                .iter()
+                .map(|m| quote(&m.attribute))
+                .collect(),
+            known: match &settings.contact_id_column {
+                Some(c) => format!("NULLIF(trim(CAST({} AS VARCHAR)), '')", quote(c)),
+                None => "CAST(NULL AS VARCHAR)".to_string(),
+            },
+            raw,
+            norm,
+            shard_filter,
+        }
+    }
+
+    /// The identifier a row's bucket is chosen by: normalised, or raw for invalid rows.
+    fn routing_id(&self) -> String {
+        format!(
+            "COALESCE({}, {RAW_IDENTIFIER}, '')",
+            quote(state::IDENTIFIER)
+        )
+    }
+
+    /// The model's rows with their identifiers and row hash (computed here, before the
+    /// duplicate check, so a plan that needs only counts moves narrow rows), plus `extra`
+    /// columns computed from those (a routing column).
+    fn projection(&self, src: &str, values: bool, extra: &str) -> String {
+        let values = if values { self.values.as_str() } else { "" };
+        let inner = format!(
+            "SELECT {raw} AS {RAW_IDENTIFIER}, {norm} AS {ident}, {known} AS {KNOWN_CONTACT_ID}, \
+               {hash} AS {row_hash}{values} FROM {src}{filter}",
+            raw = self.raw,
+            norm = self.norm,
+            known = self.known,
+            hash = self.hash,
+            ident = state::IDENTIFIER,
+            row_hash = state::ROW_HASH,
+            filter = self.shard_filter,
+        );
+        if extra.is_empty() {
+            inner
+        } else {
+            format!("SELECT *{extra} FROM ({inner})")
+        }
+    }
+
+    /// Every row of `model` with `__present` and its `_reason` when invalid (identifier
+    /// rules, or an identifier shared by several rows). Duplicates come from a grouped count
+    /// over the identifier column alone, joined back to every row (the small side is the
+    /// one built, so rows stream through): measured 1.9 s -> 1.1 s and 740 -> 460 MB for a
+    /// 1 M-row plan against `count(*) OVER (PARTITION BY ...)`, whose window operator sorts
+    /// and evaluates a million single-row partitions.
+    fn checked(&self, model: &str) -> String {
+        format!(
+            "SELECT m.*, TRUE AS __present, \
+               COALESCE({problem}(m.{ident}, '{key}'), \
+                 CASE WHEN d.__dup_id IS NOT NULL THEN '{dup}' END) AS {REASON} \
+             FROM (SELECT {ident} AS __dup_id FROM {model} GROUP BY {ident} HAVING count(*) > 1) d \
+             RIGHT JOIN {model} m ON d.__dup_id = m.{ident}",
+            problem = identity::udf::PROBLEM,
+            ident = state::IDENTIFIER,
+            dup = identity::REASON_DUPLICATE,
+            key = self.key,
+        )
+    }
+
+    /// Classifies each row of the full outer join of the compact state with the checked
+    /// model rows. Comparisons are parenthesised: DataFusion 55 misparses chained
+    /// IS DISTINCT FROM.
+    fn compare(&self, snap: &str, valid: &str, values: &str) -> String {
+        format!(
             "SELECT \
                CASE WHEN (m.__present IS NULL) THEN '{DELETED}' \
                     WHEN (m.{REASON} IS NOT NULL) THEN '{INVALID}' \
@@ -294,21 +418,14 @@ pub async fn plan(
                m.{RAW_IDENTIFIER}, m.{REASON}, m.{KNOWN_CONTACT_ID}, \
                s.__s_contact_id AS {cid}, s.__s_status AS {PREV_STATUS}, \
                m.{rh}{values} \
-             FROM (SELECT * FROM __vs_snap {sf}) s \
-             FULL OUTER JOIN (SELECT * FROM __vs_model_valid {mf}) m \
+             FROM ({snap}) s \
+             FULL OUTER JOIN ({valid}) m \
                ON (s.__s_id = m.{ident})",
             rh = quote(state::ROW_HASH),
             ident = quote(state::IDENTIFIER),
             cid = quote(state::CONTACT_ID),
-        );
-        frames.push(ctx.sql(&sql).await.map_err(fail("change detection"))?);
+        )
     }
-    Ok(ChangeSet {
-        buckets: frames,
-        state: state_df,
-        attributes,
-        _spill: spill,
-    })
 }
 
 /// A change-set column as plain strings (identifiers, kinds, reasons arrive as Utf8,

@@ -76,13 +76,17 @@ pub fn type_class(t: &DataType) -> Option<&'static str> {
     })
 }
 
+/// Appends row `i`'s value as text.
+type WriteText<'a> = Box<dyn Fn(usize, &mut Vec<u8>) + 'a>;
+
 /// Writes one column's values in the canonical encoding. Built once per batch and column so
 /// the per-row work is a typed array access, not a type dispatch.
 pub enum ValueEncoder<'a> {
     Str(StringArray),
     Int(Box<dyn Fn(usize) -> i128 + 'a>, &'a dyn Array),
     Float(Box<dyn Fn(usize) -> f64 + 'a>, &'a dyn Array),
-    Decimal(StringArray),
+    /// Writes the decimal text at the column's scale, as Arrow's cast to string does.
+    Decimal(WriteText<'a>, &'a dyn Array),
     Bool(&'a datafusion::arrow::array::BooleanArray),
     Date(Box<dyn Fn(usize) -> i32 + 'a>, &'a dyn Array),
     Timestamp(Box<dyn Fn(usize) -> i128 + 'a>, &'a dyn Array),
@@ -118,8 +122,18 @@ impl<'a> ValueEncoder<'a> {
                 let p = a.as_primitive::<Float64Type>();
                 ValueEncoder::Float(Box::new(move |i| p.value(i)), a)
             }
-            Decimal32(_, _) | Decimal64(_, _) | Decimal128(_, _) | Decimal256(_, _) => {
-                ValueEncoder::Decimal(cast(array, &Utf8)?.as_string::<i32>().clone())
+            Decimal32(p, s) => decimal(a.as_primitive::<Decimal32Type>(), *p, *s, a),
+            Decimal64(p, s) => decimal(a.as_primitive::<Decimal64Type>(), *p, *s, a),
+            Decimal128(p, s) => decimal(a.as_primitive::<Decimal128Type>(), *p, *s, a),
+            Decimal256(p, s) => {
+                let (p, s, d) = (*p, *s, a.as_primitive::<Decimal256Type>());
+                ValueEncoder::Decimal(
+                    Box::new(move |i, out| {
+                        let text = Decimal256Type::format_decimal(d.value(i), p, s);
+                        out.extend_from_slice(text.as_bytes());
+                    }),
+                    a,
+                )
             }
             Boolean => ValueEncoder::Bool(a.as_boolean()),
             Date32 => {
@@ -180,7 +194,9 @@ impl<'a> ValueEncoder<'a> {
                     return false;
                 }
                 let v = s.value(i);
-                if v.trim_matches(char::is_whitespace).is_empty() {
+                // Most values start with a letter or digit: skip the Unicode trim for them.
+                let starts_solid = v.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric);
+                if !starts_solid && v.trim_matches(char::is_whitespace).is_empty() {
                     return false;
                 }
                 put(out, b's', v.as_bytes())
@@ -197,7 +213,18 @@ impl<'a> ValueEncoder<'a> {
                 let v = if v == 0.0 { 0.0f64 } else { v };
                 put(out, b'f', &v.to_bits().to_le_bytes())
             }
-            ValueEncoder::Decimal(s) => !s.is_null(i) && put(out, b'd', s.value(i).as_bytes()),
+            ValueEncoder::Decimal(f, a) => {
+                if a.is_null(i) {
+                    return false;
+                }
+                out.push(b'd');
+                let at = out.len();
+                out.extend_from_slice(&[0; 4]);
+                f(i, out);
+                let len = (out.len() - at - 4) as u32;
+                out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+                true
+            }
             ValueEncoder::Bool(b) => !b.is_null(i) && put(out, b'b', &[u8::from(b.value(i))]),
             ValueEncoder::Date(f, a) => !a.is_null(i) && put(out, b'D', &f(i).to_le_bytes()),
             ValueEncoder::Timestamp(f, a) => !a.is_null(i) && put(out, b't', &f(i).to_le_bytes()),
@@ -215,6 +242,55 @@ where
     T::Native: Into<i128>,
 {
     ValueEncoder::Int(Box::new(move |i| p.value(i).into()), a)
+}
+
+fn decimal<'a, T>(
+    d: &'a datafusion::arrow::array::PrimitiveArray<T>,
+    precision: u8,
+    scale: i8,
+    a: &'a dyn Array,
+) -> ValueEncoder<'a>
+where
+    T: DecimalType,
+    T::Native: Into<i128>,
+{
+    ValueEncoder::Decimal(
+        Box::new(move |i, out| {
+            let v = d.value(i);
+            if !decimal_text(v.into(), precision, scale, out) {
+                out.extend_from_slice(T::format_decimal(v, precision, scale).as_bytes());
+            }
+        }),
+        a,
+    )
+}
+
+/// Appends `v` as decimal text at `scale` ("12.50", "-0.05"), the text Arrow's cast to
+/// string gives, without its per-value String. Returns false, writing nothing, for the
+/// cases left to Arrow: negative scales and values beyond the precision.
+pub fn decimal_text(v: i128, precision: u8, scale: i8, out: &mut Vec<u8>) -> bool {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(v.unsigned_abs()).as_bytes();
+    if scale < 0 || digits.len() > usize::from(precision) {
+        return false;
+    }
+    if v < 0 {
+        out.push(b'-');
+    }
+    let scale = scale as usize;
+    if scale == 0 {
+        out.extend_from_slice(digits);
+    } else if digits.len() > scale {
+        let (whole, fraction) = digits.split_at(digits.len() - scale);
+        out.extend_from_slice(whole);
+        out.push(b'.');
+        out.extend_from_slice(fraction);
+    } else {
+        out.extend_from_slice(b"0.");
+        out.resize(out.len() + scale - digits.len(), b'0');
+        out.extend_from_slice(digits);
+    }
+    true
 }
 
 /// `voyado_row_hash('attr1', col1, 'attr2', col2, ...)` -> FixedSizeBinary(16); callers pass
@@ -295,14 +371,18 @@ impl ScalarUDFImpl for HashUdf {
             .iter()
             .map(ValueEncoder::new)
             .collect::<Result<Vec<_>>>()?;
+        // `u32-LE len(name) | name`, the same for every row.
+        let prefixes: Vec<Vec<u8>> = names
+            .iter()
+            .map(|n| [&(n.len() as u32).to_le_bytes()[..], n.as_bytes()].concat())
+            .collect();
         let mut b = FixedSizeBinaryBuilder::with_capacity(rows, HASH_BYTES);
         let mut buf = Vec::with_capacity(256);
         for i in 0..rows {
             buf.clear();
-            for (name, enc) in names.iter().zip(&encoders) {
+            for (prefix, enc) in prefixes.iter().zip(&encoders) {
                 let mark = buf.len();
-                buf.extend_from_slice(&(name.len() as u32).to_le_bytes());
-                buf.extend_from_slice(name.as_bytes());
+                buf.extend_from_slice(prefix);
                 if !enc.write(i, &mut buf) {
                     buf.truncate(mark);
                 }
@@ -363,6 +443,48 @@ mod tests {
         assert_eq!(hash(Some("Lund"), None), hash(Some("Lund"), None));
         assert_eq!(hash(Some("  "), Some(7)), hash(None, Some(7)));
         assert_ne!(hash(Some("Lund "), Some(7)), hash(Some("Lund"), Some(7)));
+    }
+
+    #[test]
+    fn decimal_text_is_arrows_cast_to_string() {
+        use datafusion::arrow::array::Decimal128Array;
+        let values: Vec<i128> = [
+            0i128,
+            1,
+            -1,
+            5,
+            -5,
+            9,
+            10,
+            -10,
+            99,
+            100,
+            1250,
+            -1250,
+            123_456_789,
+        ]
+        .into_iter()
+        .chain((0..200).map(|k| (k * 7_919_i128).pow(3) % 10_i128.pow(12) - 4 * k))
+        .collect();
+        for (precision, scale) in [(1, 0), (3, 1), (5, 2), (10, 2), (12, 4), (38, 10), (15, 15)] {
+            let array = Decimal128Array::from(values.clone())
+                .with_precision_and_scale(precision, scale)
+                .unwrap();
+            let text = cast(&array, &DataType::Utf8).unwrap();
+            let text = text.as_string::<i32>();
+            for (i, v) in values.iter().enumerate() {
+                let mut out = Vec::new();
+                if decimal_text(*v, precision, scale, &mut out) {
+                    assert_eq!(
+                        std::str::from_utf8(&out).unwrap(),
+                        text.value(i),
+                        "{v} at ({precision}, {scale})"
+                    );
+                } else {
+                    assert!(v.unsigned_abs().to_string().len() > usize::from(precision));
+                }
+            }
+        }
     }
 
     #[test]

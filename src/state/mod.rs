@@ -26,7 +26,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, ident, lit};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -228,8 +228,11 @@ impl State {
         use datafusion::parquet::basic::{Compression, ZstdLevel};
         use datafusion::parquet::file::properties::WriterProperties;
         // Compressed like DataFusion's own Parquet writes: snapshots are the state's bulk.
+        // The writer holds a row group in memory until it is full: 128 Ki rows rather than
+        // the default 1 Mi keeps that to tens of MB for wide rows.
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+            .set_max_row_group_row_count(Some(128 * 1024))
             .build();
         let fail = |e: &dyn std::fmt::Display| {
             Error::Storage(format!("state: writing {rel}: {}", one_line(e)))
@@ -419,17 +422,21 @@ impl State {
         Ok(rows)
     }
 
-    /// Writes `df` (snapshot columns) as the new snapshot and then the manifest naming it.
-    /// Until the manifest is replaced, readers see the previous state whole.
+    /// Writes `frames` (snapshot columns; one per diff bucket, or one) as the new snapshot
+    /// and then the manifest naming it. Until the manifest is replaced, readers see the
+    /// previous state whole.
     pub async fn commit(
         &self,
         prev: Option<&Manifest>,
-        df: DataFrame,
+        mut frames: Vec<DataFrame>,
         fields: &NewSnapshot,
     ) -> Result<Manifest> {
         let generation = prev.map_or(1, |m| m.generation + 1);
         let rel = format!("snapshots/{generation:08}-{}.parquet", fields.run_id);
-        let rows = self.write(df, &rel).await?;
+        let rows = match frames.len() {
+            1 => self.write(frames.remove(0), &rel).await?,
+            _ => self.write_in_turn(frames, &rel).await?,
+        };
         let m = Manifest {
             format_version: manifest::FORMAT_VERSION,
             hash_version: crate::diff::row_hash::HASH_VERSION,
@@ -445,6 +452,24 @@ impl State {
         self.put_manifest(&m).await?;
         self.collect_garbage(&m).await;
         Ok(m)
+    }
+
+    /// Writes frames one after another into one Parquet file at `rel`, returning its row
+    /// count. Unlike a union, which runs all its inputs at once, each frame's joins hold
+    /// memory only while it is read: how a diff split into buckets stays within the pool.
+    async fn write_in_turn(&self, frames: Vec<DataFrame>, rel: &str) -> Result<u64> {
+        let Some(first) = frames.first() else {
+            return Err(Error::Internal(format!("state: nothing to write to {rel}")));
+        };
+        let schema = Arc::new(first.schema().as_arrow().clone());
+        let fail = move |e: datafusion::error::DataFusionError| {
+            Error::Storage(df_message("state: writing the snapshot", &e))
+        };
+        let batches = futures::stream::iter(frames)
+            .then(|df| async move { df.execute_stream().await.map_err(fail) })
+            .map_ok(move |s| s.map_err(fail))
+            .try_flatten();
+        self.write_batches(rel, schema, Box::pin(batches)).await
     }
 
     /// Writes a frame as one Parquet file at `rel`, returning its row count.

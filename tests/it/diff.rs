@@ -215,8 +215,13 @@ fn row_strategy() -> impl Strategy<Value = Row> {
         })
 }
 
-/// Baselines `old`, then plans `new`; returns the plan's counts.
+/// Baselines `old`, then plans `new`; returns the plan's counts. `partitions` > 1 splits the
+/// diff into identifier buckets; `slices` > 1 also runs the model in slices of `t` by `i`.
 fn diff(old: &[Row], new: &[Row], partitions: u32) -> [u64; 5] {
+    diff_sliced(old, new, partitions, 1)
+}
+
+fn diff_sliced(old: &[Row], new: &[Row], partitions: u32, slices: u32) -> [u64; 5] {
     let sync = Sync::new();
     sync.write_config(
         "SELECT * FROM t",
@@ -225,6 +230,13 @@ fn diff(old: &[Row], new: &[Row], partitions: u32) -> [u64; 5] {
         "upsert",
         &format!("{MAPPING}\n[limits]\ndiff_partitions = {partitions}\n"),
     );
+    if slices > 1 {
+        let text = std::fs::read_to_string(sync.config()).unwrap().replace(
+            "[model]\n",
+            &format!("[model]\npartitions = {slices}\npartition_keys = {{ t = \"i\" }}\n"),
+        );
+        std::fs::write(sync.config(), text).unwrap();
+    }
     let cfg = sync.config();
     rt().block_on(async {
         if !old.is_empty() {
@@ -243,9 +255,9 @@ proptest! {
     fn diff_matches_the_reference(
         old in proptest::collection::vec(row_strategy(), 1..14),
         new in proptest::collection::vec(row_strategy(), 1..14),
-        partitions in prop_oneof![Just(1u32), Just(3u32)],
+        (partitions, slices) in prop_oneof![Just((1u32, 1u32)), Just((3, 1)), Just((0, 4))],
     ) {
-        let got = diff(&old, &new, partitions);
+        let got = diff_sliced(&old, &new, partitions, slices);
         let want = expected(&old, &new);
         prop_assert_eq!(got, want);
         // counts add up on both sides

@@ -1,0 +1,156 @@
+//! Buckets on disk: rows routed by a hash into one Arrow IPC file per bucket, so that each
+//! bucket's joins and grouped counts read only their own rows and hold only their own hash
+//! tables (DataFusion 55's hash join does not spill). The model's sources are split by
+//! slice key this way, and the model's rows and the state by identifier.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::{Schema, SchemaRef, UInt32Type};
+use datafusion::arrow::ipc::writer::FileWriter;
+use datafusion::prelude::{DataFrame, SessionContext};
+use futures::StreamExt;
+
+use crate::error::{Error, Result, df_message};
+
+/// The routing column the spilled frames carry last (dropped before writing).
+pub const BUCKET_COLUMN: &str = "__bucket";
+/// Rows gathered per bucket before a write, so readers get batches of a useful size.
+const WRITE_ROWS: usize = 8192;
+
+pub struct BucketFiles {
+    schema: SchemaRef,
+    writers: Vec<FileWriter<BufWriter<File>>>,
+    pending: Vec<Vec<RecordBatch>>,
+    pending_rows: Vec<usize>,
+    paths: Vec<PathBuf>,
+}
+
+fn io(what: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!(
+        "temporary diff file {}: {}",
+        what.display(),
+        crate::catalog::one_line(&e)
+    ))
+}
+
+impl BucketFiles {
+    /// One file per bucket, `<dir>/<name>-<b>.arrow`, for rows of `schema` (the frame's
+    /// schema without its routing column).
+    pub fn create(dir: &Path, name: &str, schema: SchemaRef, buckets: u32) -> Result<Self> {
+        let mut writers = Vec::new();
+        let mut paths = Vec::new();
+        for b in 0..buckets {
+            let path = dir.join(format!("{name}-{b}.arrow"));
+            let file = File::create(&path).map_err(|e| io(&path, e))?;
+            let w = FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema)
+                .map_err(|e| io(&path, e))?;
+            writers.push(w);
+            paths.push(path);
+        }
+        Ok(BucketFiles {
+            schema,
+            writers,
+            pending: vec![Vec::new(); buckets as usize],
+            pending_rows: vec![0; buckets as usize],
+            paths,
+        })
+    }
+
+    /// Streams `df` (whose last column, [`BUCKET_COLUMN`], holds each row's bucket) into
+    /// the bucket files.
+    pub async fn stream(&mut self, df: DataFrame, what: &str) -> Result<u64> {
+        let mut stream = df
+            .execute_stream()
+            .await
+            .map_err(|e| Error::Input(df_message(what, &e)))?;
+        let mut rows = 0u64;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| Error::Input(df_message(what, &e)))?;
+            rows += batch.num_rows() as u64;
+            self.route(&batch)?;
+        }
+        Ok(rows)
+    }
+
+    fn route(&mut self, batch: &RecordBatch) -> Result<()> {
+        let last = batch.num_columns() - 1;
+        let buckets = batch.column(last).as_primitive::<UInt32Type>();
+        let mut indices: Vec<Vec<u32>> = vec![Vec::new(); self.writers.len()];
+        for (i, b) in buckets.values().iter().enumerate() {
+            let b = indices.get_mut(*b as usize).ok_or_else(|| {
+                Error::Internal(format!("bucket {b} out of range while routing rows"))
+            })?;
+            b.push(i as u32);
+        }
+        let arrow = |e: datafusion::arrow::error::ArrowError| {
+            Error::Internal(format!("routing rows to diff buckets: {e}"))
+        };
+        let rows = batch
+            .project(&(0..last).collect::<Vec<_>>())
+            .map_err(arrow)?;
+        for (b, idx) in indices.into_iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            let part = take_record_batch(&rows, &UInt32Array::from(idx)).map_err(arrow)?;
+            self.pending_rows[b] += part.num_rows();
+            self.pending[b].push(part);
+            if self.pending_rows[b] >= WRITE_ROWS {
+                self.flush(b)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, b: usize) -> Result<()> {
+        let parts = std::mem::take(&mut self.pending[b]);
+        self.pending_rows[b] = 0;
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let batch = concat_batches(&self.schema, &parts)
+            .map_err(|e| Error::Internal(format!("gathering a diff bucket: {e}")))?;
+        self.writers[b]
+            .write(&batch)
+            .map_err(|e| io(&self.paths[b], e))
+    }
+
+    /// Writes what is pending and closes the files; returns their paths, by bucket.
+    pub fn finish(mut self) -> Result<Vec<PathBuf>> {
+        for b in 0..self.writers.len() {
+            self.flush(b)?;
+        }
+        for (w, path) in self.writers.iter_mut().zip(&self.paths) {
+            w.finish().map_err(|e| io(path, e))?;
+        }
+        Ok(self.paths)
+    }
+}
+
+/// `schema` without its last (routing) column.
+pub fn without_bucket(schema: &Schema) -> SchemaRef {
+    let fields = schema.fields();
+    Arc::new(Schema::new(fields[..fields.len() - 1].to_vec()))
+}
+
+/// Reads one bucket's file as a frame.
+pub async fn read(ctx: &SessionContext, path: &Path) -> datafusion::error::Result<DataFrame> {
+    ctx.read_arrow(
+        path.to_string_lossy().into_owned(),
+        datafusion::datasource::file_format::options::ArrowReadOptions::default(),
+    )
+    .await
+}
+
+/// A private temporary folder for bucket files, removed when dropped.
+pub fn temp_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("voyado-sync-spill-")
+        .tempdir()
+        .map_err(|e| Error::Storage(format!("temporary folder for spilled rows: {}", e.kind())))
+}
