@@ -40,6 +40,7 @@ pub async fn check(target: impl Into<Target>) -> Result<CheckOutcome> {
                     .map(|f| format!("{} {}", f.name(), f.data_type()))
                     .collect();
                 problems.extend(crate::model::check_output(&schema, &settings));
+                problems.extend(crate::model::check_slice_keys(&ctx, &settings).await);
             }
         },
     }

@@ -54,19 +54,8 @@ pub async fn plan_slices(
     for (table, key) in &settings.slices.keys {
         let source = |e| Error::Input(df_message(&format!("[source] tables.{table}"), &e));
         let provider = ctx.table_provider(table.as_str()).await.map_err(source)?;
-        match provider.schema().field_with_name(key) {
-            Ok(f) if slice_key_type(f.data_type()) => {}
-            Ok(f) => {
-                return Err(Error::config(format!(
-                    "[model] partition_keys.{table}: column {key} has type {}; slice keys must be integers, strings or dates",
-                    f.data_type()
-                )));
-            }
-            Err(_) => {
-                return Err(Error::config(format!(
-                    "[model] partition_keys.{table}: the table has no column {key:?}"
-                )));
-            }
+        if let Some(problem) = slice_key_problem(&provider.schema(), table, key) {
+            return Err(Error::config(problem));
         }
         let df = ctx
             .read_table(Arc::clone(&provider))
@@ -116,6 +105,31 @@ pub async fn plan_slices(
         ctx.register_table(table, provider).map_err(fail)?;
     }
     Ok((frames, Some(dir)))
+}
+
+/// Checks each `[model] partition_keys` column against its registered table.
+pub async fn check_slice_keys(ctx: &SessionContext, settings: &Settings) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (table, key) in &settings.slices.keys {
+        match ctx.table_provider(table.as_str()).await {
+            Ok(p) => problems.extend(slice_key_problem(&p.schema(), table, key)),
+            Err(e) => problems.push(df_message(&format!("[source] tables.{table}"), &e)),
+        }
+    }
+    problems
+}
+
+fn slice_key_problem(schema: &Schema, table: &str, key: &str) -> Option<String> {
+    match schema.field_with_name(key) {
+        Ok(f) if slice_key_type(f.data_type()) => None,
+        Ok(f) => Some(format!(
+            "[model] partition_keys.{table}: column {key} has type {}; slice keys must be integers, strings or dates",
+            f.data_type()
+        )),
+        Err(_) => Some(format!(
+            "[model] partition_keys.{table}: the table has no column {key:?}"
+        )),
+    }
 }
 
 pub const SLICE: &str = "voyado_slice";

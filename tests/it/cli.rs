@@ -182,6 +182,41 @@ fn check_names_every_problem() {
             vec!["model", "SELEC"],
         ),
         (
+            Box::new(|t| t.replace("[model]\n", "[model]\npartitions = 4\n")),
+            vec!["[model] partition_keys", "required"],
+        ),
+        (
+            Box::new(|t| t.replace("[model]\n", "[model]\npartitions = 0\n")),
+            vec!["[model] partitions", "0"],
+        ),
+        (
+            Box::new(|t| {
+                t.replace(
+                    "[model]\n",
+                    "[model]\npartitions = 4\npartition_keys = { orders = \"id\" }\n",
+                )
+            }),
+            vec!["[model] partition_keys.orders", "no such table"],
+        ),
+        (
+            Box::new(|t| {
+                t.replace(
+                    "[model]\n",
+                    "[model]\npartitions = 4\npartition_keys = { t = \"customer\" }\n",
+                )
+            }),
+            vec!["[model] partition_keys.t", "no column \"customer\""],
+        ),
+        (
+            Box::new(|t| {
+                t.replace(
+                    "[model]\n",
+                    "[model]\npartitions = 4\npartition_keys = { t = \"f\" }\n",
+                )
+            }),
+            vec!["[model] partition_keys.t", "Float64"],
+        ),
+        (
             Box::new(|t| t.replace("SELECT * FROM t", "SELECT * FROM missing_table")),
             vec!["model", "missing_table"],
         ),
