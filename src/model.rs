@@ -74,22 +74,21 @@ pub async fn plan_slices(
                 df.select(cols)
             })
             .map_err(source)?;
-        let mut files = crate::spill::BucketFiles::create(
+        let (rows, paths) = crate::spill::split(
+            df,
             dir.path(),
             &format!("slice-{}", split.len()),
-            crate::spill::without_bucket(df.schema().as_arrow()),
             n,
-        )?;
-        let rows = files
-            .stream(df, &format!("[source] tables.{table}"))
-            .await?;
+            &format!("[source] tables.{table}"),
+        )
+        .await?;
         tracing::debug!(
             table = table.as_str(),
             rows,
             slices = n,
             "source split into slices"
         );
-        split.push((table.as_str(), provider, files.finish()?));
+        split.push((table.as_str(), provider, paths));
     }
     let mut frames = Vec::new();
     for p in 0..n as usize {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
-use datafusion::arrow::datatypes::{Schema, SchemaRef, UInt32Type};
+use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, UInt32Type};
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
@@ -22,7 +22,56 @@ pub const BUCKET_COLUMN: &str = "__bucket";
 /// Rows gathered per bucket before a write, so readers get batches of a useful size.
 const WRITE_ROWS: usize = 8192;
 
-pub struct BucketFiles {
+/// Routes the rows of `df` (whose last column, [`BUCKET_COLUMN`], holds each row's bucket)
+/// into files under `dir`; returns the row count and, per bucket, its files. Each of the
+/// frame's partitions is routed by its own task into its own files, so routing and writing
+/// run on every core rather than behind one merged stream.
+pub async fn split(
+    df: DataFrame,
+    dir: &Path,
+    name: &str,
+    buckets: u32,
+    what: &str,
+) -> Result<(u64, Vec<Vec<PathBuf>>)> {
+    let schema = without_bucket(df.schema().as_arrow());
+    let streams = df
+        .execute_stream_partitioned()
+        .await
+        .map_err(|e| Error::Input(df_message(what, &e)))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (k, mut stream) in streams.into_iter().enumerate() {
+        let mut files =
+            BucketFiles::create(dir, &format!("{name}-p{k}"), Arc::clone(&schema), buckets)?;
+        let what = what.to_string();
+        tasks.spawn(async move {
+            let mut rows = 0u64;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| Error::Input(df_message(&what, &e)))?;
+                rows += batch.num_rows() as u64;
+                files.route(&batch)?;
+            }
+            Ok::<_, Error>((k, rows, files.finish()?))
+        });
+    }
+    let mut parts = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let done = done.map_err(|e| Error::Internal(format!("routing rows: {e}")))??;
+        parts.push(done);
+    }
+    parts.sort_by_key(|(k, _, _)| *k);
+    let mut by_bucket = vec![Vec::new(); buckets as usize];
+    let mut rows = 0;
+    for (_, n, paths) in parts {
+        rows += n;
+        for (b, path) in paths.into_iter().enumerate() {
+            by_bucket[b].push(path);
+        }
+    }
+    Ok((rows, by_bucket))
+}
+
+/// One partition's files, one per bucket.
+struct BucketFiles {
     schema: SchemaRef,
     writers: Vec<FileWriter<BufWriter<File>>>,
     pending: Vec<Vec<RecordBatch>>,
@@ -32,16 +81,15 @@ pub struct BucketFiles {
 
 fn io(what: &Path, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!(
-        "temporary diff file {}: {}",
+        "temporary file {}: {}",
         what.display(),
         crate::catalog::one_line(&e)
     ))
 }
 
 impl BucketFiles {
-    /// One file per bucket, `<dir>/<name>-<b>.arrow`, for rows of `schema` (the frame's
-    /// schema without its routing column).
-    pub fn create(dir: &Path, name: &str, schema: SchemaRef, buckets: u32) -> Result<Self> {
+    /// One file per bucket, `<dir>/<name>-<b>.arrow`.
+    fn create(dir: &Path, name: &str, schema: SchemaRef, buckets: u32) -> Result<Self> {
         let mut writers = Vec::new();
         let mut paths = Vec::new();
         for b in 0..buckets {
@@ -61,22 +109,6 @@ impl BucketFiles {
         })
     }
 
-    /// Streams `df` (whose last column, [`BUCKET_COLUMN`], holds each row's bucket) into
-    /// the bucket files.
-    pub async fn stream(&mut self, df: DataFrame, what: &str) -> Result<u64> {
-        let mut stream = df
-            .execute_stream()
-            .await
-            .map_err(|e| Error::Input(df_message(what, &e)))?;
-        let mut rows = 0u64;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| Error::Input(df_message(what, &e)))?;
-            rows += batch.num_rows() as u64;
-            self.route(&batch)?;
-        }
-        Ok(rows)
-    }
-
     fn route(&mut self, batch: &RecordBatch) -> Result<()> {
         let last = batch.num_columns() - 1;
         let buckets = batch.column(last).as_primitive::<UInt32Type>();
@@ -90,9 +122,18 @@ impl BucketFiles {
         let arrow = |e: datafusion::arrow::error::ArrowError| {
             Error::Internal(format!("routing rows to diff buckets: {e}"))
         };
-        let rows = batch
-            .project(&(0..last).collect::<Vec<_>>())
+        // View arrays are cast to plain ones: a view taken from a batch still points into
+        // the batch's whole buffers, which the file writer would copy out every time.
+        let columns = batch.columns()[..last]
+            .iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| match c.data_type() == f.data_type() {
+                true => Ok(Arc::clone(c)),
+                false => cast(c, f.data_type()),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(arrow)?;
+        let rows = RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(arrow)?;
         for (b, idx) in indices.into_iter().enumerate() {
             if idx.is_empty() {
                 continue;
@@ -121,7 +162,7 @@ impl BucketFiles {
     }
 
     /// Writes what is pending and closes the files; returns their paths, by bucket.
-    pub fn finish(mut self) -> Result<Vec<PathBuf>> {
+    fn finish(mut self) -> Result<Vec<PathBuf>> {
         for b in 0..self.writers.len() {
             self.flush(b)?;
         }
@@ -132,16 +173,28 @@ impl BucketFiles {
     }
 }
 
-/// `schema` without its last (routing) column.
+/// `schema` without its last (routing) column, view types as plain ones.
 pub fn without_bucket(schema: &Schema) -> SchemaRef {
     let fields = schema.fields();
-    Arc::new(Schema::new(fields[..fields.len() - 1].to_vec()))
+    Arc::new(Schema::new(
+        fields[..fields.len() - 1]
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+                DataType::BinaryView => f.as_ref().clone().with_data_type(DataType::Binary),
+                _ => f.as_ref().clone(),
+            })
+            .collect::<Vec<_>>(),
+    ))
 }
 
-/// Reads one bucket's file as a frame.
-pub async fn read(ctx: &SessionContext, path: &Path) -> datafusion::error::Result<DataFrame> {
+/// Reads one bucket's files as a frame.
+pub async fn read(ctx: &SessionContext, paths: &[PathBuf]) -> datafusion::error::Result<DataFrame> {
     ctx.read_arrow(
-        path.to_string_lossy().into_owned(),
+        paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
         datafusion::datasource::file_format::options::ArrowReadOptions::default(),
     )
     .await

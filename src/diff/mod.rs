@@ -183,42 +183,26 @@ pub async fn plan(
                 spill::BUCKET_COLUMN
             )
         };
-        let mut model_files = None;
+        let mut model_paths = vec![Vec::new(); buckets as usize];
         for (i, slice) in slices.into_iter().enumerate() {
             let src = format!("__vs_model_src_{i}");
             ctx.register_table(src.as_str(), slice.into_view())
                 .map_err(fail("model"))?;
             let sql = rules.projection(&src, wide, &route(&rules.routing_id()));
             let df = ctx.sql(&sql).await.map_err(fail("model"))?;
-            if model_files.is_none() {
-                let schema = spill::without_bucket(df.schema().as_arrow());
-                model_files = Some(spill::BucketFiles::create(
-                    dir.path(),
-                    "model",
-                    schema,
-                    buckets,
-                )?);
-            }
-            if let Some(files) = model_files.as_mut() {
-                files.stream(df, "running the model").await?;
+            let name = format!("model-{i}");
+            let (_, paths) =
+                spill::split(df, dir.path(), &name, buckets, "running the model").await?;
+            for (all, these) in model_paths.iter_mut().zip(paths) {
+                all.extend(these);
             }
         }
-        let model_paths = match model_files {
-            Some(files) => files.finish()?,
-            None => return Err(Error::Internal("the model has no slices".into())),
-        };
         let snap = ctx
             .sql(&format!("SELECT *{} FROM ({compact})", route("__s_id")))
             .await
             .map_err(fail("state"))?;
-        let mut snap_files = spill::BucketFiles::create(
-            dir.path(),
-            "state",
-            spill::without_bucket(snap.schema().as_arrow()),
-            buckets,
-        )?;
-        snap_files.stream(snap, "reading the state").await?;
-        let snap_paths = snap_files.finish()?;
+        let (_, snap_paths) =
+            spill::split(snap, dir.path(), "state", buckets, "reading the state").await?;
         for (b, (m, s)) in model_paths.iter().zip(&snap_paths).enumerate() {
             let model = spill::read(ctx, m).await.map_err(fail("model"))?;
             let snap = spill::read(ctx, s).await.map_err(fail("state"))?;
