@@ -207,3 +207,54 @@ pub fn temp_dir() -> Result<tempfile::TempDir> {
         .tempdir()
         .map_err(|e| Error::Storage(format!("temporary folder for spilled rows: {}", e.kind())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{ArrayRef, StringViewArray, UInt32Array};
+    use datafusion::arrow::datatypes::Field;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn split_routes_every_row_to_its_bucket_once_and_compactly() {
+        let n = 20_000usize;
+        let names: Vec<String> = (0..n).map(|i| format!("{i:0>100}")).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8View, false),
+            Field::new(BUCKET_COLUMN, DataType::UInt32, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringViewArray::from_iter_values(&names)) as ArrayRef,
+                Arc::new(UInt32Array::from_iter_values(
+                    (0..n).map(|i| (i % 7) as u32),
+                )),
+            ],
+        )
+        .unwrap();
+        let ctx = SessionContext::new();
+        let df = ctx.read_batch(batch).unwrap();
+        let dir = temp_dir().unwrap();
+        let (rows, paths) = split(df, dir.path(), "t", 7, "test").await.unwrap();
+        assert_eq!(rows, n as u64);
+        let mut seen = 0;
+        for (b, files) in paths.iter().enumerate() {
+            let batches = read(&ctx, files).await.unwrap().collect().await.unwrap();
+            for batch in &batches {
+                assert_eq!(batch.schema().field(0).data_type(), &DataType::Utf8);
+                for v in batch.column(0).as_string::<i32>().iter().flatten() {
+                    assert_eq!(v.parse::<usize>().unwrap() % 7, b, "{v} in bucket {b}");
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, n);
+        // Each row's 100 bytes written once, not the whole source buffer per bucket.
+        let bytes: u64 = paths
+            .iter()
+            .flatten()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum();
+        assert!(bytes < 2 * 100 * n as u64, "{bytes} bytes for {n} rows");
+    }
+}
