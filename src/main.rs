@@ -165,18 +165,17 @@ fn emit(report: &voyado_sync::report::Report, json: bool) -> Result<u8, Error> {
     Ok(exit::OK)
 }
 
-/// glibc's allocator keeps one arena per thread that ever allocated, and returns freed
-/// memory to the system lazily: after DataFusion's joins and aggregates, the freed pages of
-/// many arenas stay resident. Two arenas and a 32 MiB trim threshold took a 10 M-row plan
-/// under a 512 MB pool from 1.55 GB to 0.85 GB peak RSS at the same speed (BENCHMARKS.md).
+/// glibc's allocator keeps one arena per thread that ever allocated, and each keeps its
+/// freed pages: after DataFusion's joins and aggregates ran on many threads, the freed
+/// memory of every arena stays resident. Two arenas took a 10 M-row plan under a 512 MB
+/// pool from 669 MB to 587 MB peak RSS at the same speed; a 32 MiB trim threshold saved
+/// 40 MB more but cost 20 % at 1 M rows (BENCHMARKS.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
-    const M_TRIM_THRESHOLD: libc::c_int = -1;
     const M_ARENA_MAX: libc::c_int = -8;
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
     unsafe {
         libc::mallopt(M_ARENA_MAX, 2);
-        libc::mallopt(M_TRIM_THRESHOLD, 32 << 20);
     }
 }
 
