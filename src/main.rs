@@ -170,12 +170,15 @@ fn emit(report: &voyado_sync::report::Report, json: bool) -> Result<u8, Error> {
 /// memory of every arena stays resident. Two arenas took a 10 M-row plan under a 512 MB
 /// pool from 669 MB to 587 MB peak RSS at the same speed; a 32 MiB trim threshold saved
 /// 40 MB more but cost 20 % at 1 M rows (BENCHMARKS.md).
+/// A `MALLOC_ARENA_MAX` set in the environment wins.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
-    const M_ARENA_MAX: libc::c_int = -8;
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
     unsafe {
-        libc::mallopt(M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -50,13 +50,13 @@ pub async fn plan_slices(
     let fail = |e: datafusion::error::DataFusionError| Error::Internal(df_message("slices", &e));
     let dir = crate::spill::temp_dir()?;
     let slice = ctx.udf(SLICE).map_err(fail)?;
+    if let Some(problems) = Some(check_slice_keys(ctx, settings).await).filter(|p| !p.is_empty()) {
+        return Err(Error::Config(problems));
+    }
     let mut split = Vec::new();
     for (table, key) in &settings.slices.keys {
         let source = |e| Error::Input(df_message(&format!("[source] tables.{table}"), &e));
         let provider = ctx.table_provider(table.as_str()).await.map_err(source)?;
-        if let Some(problem) = slice_key_problem(&provider.schema(), table, key) {
-            return Err(Error::config(problem));
-        }
         let df = ctx
             .read_table(Arc::clone(&provider))
             .and_then(|df| {
@@ -106,14 +106,37 @@ pub async fn plan_slices(
     Ok((frames, Some(dir)))
 }
 
-/// Checks each `[model] partition_keys` column against its registered table.
+/// Checks each `[model] partition_keys` column against its registered table, and that
+/// all keys hash alike: integers hash by value and strings by bytes, so an integer key and a
+/// string key holding the same id would put matching rows in different slices.
 pub async fn check_slice_keys(ctx: &SessionContext, settings: &Settings) -> Vec<String> {
     let mut problems = Vec::new();
+    let mut families = std::collections::BTreeMap::new();
     for (table, key) in &settings.slices.keys {
         match ctx.table_provider(table.as_str()).await {
-            Ok(p) => problems.extend(slice_key_problem(&p.schema(), table, key)),
+            Ok(p) => {
+                let schema = p.schema();
+                problems.extend(slice_key_problem(&schema, table, key));
+                if let Ok(f) = schema.field_with_name(key) {
+                    let family = match f.data_type() {
+                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string",
+                        _ => "integer or date",
+                    };
+                    families.insert(family, format!("{table}.{key}"));
+                }
+            }
             Err(e) => problems.push(df_message(&format!("[source] tables.{table}"), &e)),
         }
+    }
+    if families.len() > 1 {
+        let named: Vec<String> = families
+            .iter()
+            .map(|(family, column)| format!("{column} is {family}"))
+            .collect();
+        problems.push(format!(
+            "[model] partition_keys: keys must all be strings or all integers/dates, or matching ids land in different slices ({})",
+            named.join(", ")
+        ));
     }
     problems
 }

@@ -19,8 +19,11 @@ use crate::error::{Error, Result, df_message};
 
 /// The routing column the spilled frames carry last (dropped before writing).
 pub const BUCKET_COLUMN: &str = "__bucket";
-/// Rows gathered per bucket before a write, so readers get batches of a useful size.
-const WRITE_ROWS: usize = 8192;
+/// Rows gathered per bucket before a write, so readers get batches of a useful size, but
+/// fewer with many buckets, so that what waits (partitions x buckets batches) stays small.
+fn write_rows(buckets: u32) -> usize {
+    (65_536 / buckets.max(1) as usize).clamp(1024, 8192)
+}
 
 /// Routes the rows of `df` (whose last column, [`BUCKET_COLUMN`], holds each row's bucket)
 /// into files under `dir`; returns the row count and, per bucket, its files. Each of the
@@ -95,7 +98,7 @@ impl BucketFiles {
         for b in 0..buckets {
             let path = dir.join(format!("{name}-{b}.arrow"));
             let file = File::create(&path).map_err(|e| io(&path, e))?;
-            let w = FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema)
+            let w = FileWriter::try_new(BufWriter::with_capacity(256 << 10, file), &schema)
                 .map_err(|e| io(&path, e))?;
             writers.push(w);
             paths.push(path);
@@ -141,7 +144,7 @@ impl BucketFiles {
             let part = take_record_batch(&rows, &UInt32Array::from(idx)).map_err(arrow)?;
             self.pending_rows[b] += part.num_rows();
             self.pending[b].push(part);
-            if self.pending_rows[b] >= WRITE_ROWS {
+            if self.pending_rows[b] >= write_rows(self.writers.len() as u32) {
                 self.flush(b)?;
             }
         }
@@ -173,19 +176,25 @@ impl BucketFiles {
     }
 }
 
-/// `schema` without its last (routing) column, view types as plain ones.
+/// `schema` without its last (routing) column, view types as plain ones and dictionaries
+/// as their values (an IPC file cannot change a field's dictionary between batches).
 pub fn without_bucket(schema: &Schema) -> SchemaRef {
     let fields = schema.fields();
     Arc::new(Schema::new(
         fields[..fields.len() - 1]
             .iter()
-            .map(|f| match f.data_type() {
-                DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
-                DataType::BinaryView => f.as_ref().clone().with_data_type(DataType::Binary),
-                _ => f.as_ref().clone(),
-            })
+            .map(|f| f.as_ref().clone().with_data_type(plain(f.data_type())))
             .collect::<Vec<_>>(),
     ))
+}
+
+fn plain(t: &DataType) -> DataType {
+    match t {
+        DataType::Dictionary(_, v) => plain(v),
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        other => other.clone(),
+    }
 }
 
 /// Reads one bucket's files as a frame.
@@ -213,6 +222,61 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{ArrayRef, StringViewArray, UInt32Array};
     use datafusion::arrow::datatypes::Field;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dictionary_columns_are_written_as_their_values() {
+        use datafusion::arrow::array::DictionaryArray;
+        use datafusion::arrow::datatypes::Int32Type;
+        let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("segment", dict, true),
+            Field::new(BUCKET_COLUMN, DataType::UInt32, false),
+        ]));
+        // Two batches with different dictionaries, each filling both buckets past a write,
+        // so every file gets batches with different dictionaries.
+        let n = 20_000;
+        let batches = [["a", "b"], ["c", "d"]]
+            .into_iter()
+            .map(|values| {
+                let d: DictionaryArray<Int32Type> = (0..n).map(|i| values[i % 2]).collect();
+                let b = UInt32Array::from_iter_values((0..n).map(|i| (i / 2 % 2) as u32));
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![Arc::new(d) as ArrayRef, Arc::new(b)],
+                )
+                .unwrap()
+            })
+            .collect::<Vec<_>>();
+        let ctx = SessionContext::new();
+        let df = ctx
+            .read_batches(batches)
+            .unwrap()
+            .repartition(datafusion::logical_expr::Partitioning::RoundRobinBatch(1))
+            .unwrap();
+        let dir = temp_dir().unwrap();
+        let (rows, paths) = split(df, dir.path(), "d", 2, "test").await.unwrap();
+        assert_eq!(rows, 2 * n as u64);
+        let mut got = std::collections::BTreeMap::new();
+        for files in &paths {
+            for batch in read(&ctx, files).await.unwrap().collect().await.unwrap() {
+                let c = batch.column(0).as_string::<i32>();
+                for v in c.iter().flatten() {
+                    *got.entry(v.to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+        let quarter = n / 2;
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            [
+                ("a", quarter),
+                ("b", quarter),
+                ("c", quarter),
+                ("d", quarter)
+            ]
+            .map(|(v, c)| (v.to_string(), c))
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn split_routes_every_row_to_its_bucket_once_and_compactly() {

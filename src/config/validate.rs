@@ -833,7 +833,8 @@ pub struct Slices {
     pub keys: Vec<(String, String)>,
 }
 
-pub const MAX_SLICES: u32 = 1024;
+/// Each slice is a file per partition while sources are split.
+pub const MAX_SLICES: u32 = 256;
 
 fn validate_slices(
     model: &super::ModelConfig,

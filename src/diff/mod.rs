@@ -4,8 +4,10 @@
 //! The join compares a compact view of the state (identifier, row hash, contactId, status)
 //! with the model's rows and their freshly computed row hash, so memory grows with the
 //! number of identifiers, not with the width of the rows. When the state is too large for
-//! the memory budget, the model output is first written to a temporary Parquet file and the
-//! join runs once per identifier bucket (`voyado_bucket`), each bucket a fraction of the size.
+//! the memory budget, or the model runs in slices, the model's rows and the compact state
+//! are routed once into per-bucket temporary files by identifier (`voyado_bucket`, see
+//! [`crate::spill`]) and each bucket's duplicate check and join run on its own files; under
+//! Ballista each bucket is a filtered query instead.
 
 pub mod row_hash;
 pub mod stage;
@@ -44,6 +46,9 @@ pub const INVALID: &str = "invalid";
 /// Bytes of join state per snapshot identifier, for choosing the number of buckets.
 const BYTES_PER_STATE_ROW: u64 = 160;
 const SAMPLES_PER_KIND: usize = 5;
+/// Each bucket is a file per partition while the model's rows are routed: beyond this,
+/// open files and write buffers cost more than smaller buckets save.
+const MAX_AUTO_BUCKETS: u32 = 256;
 
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Counts {
@@ -156,10 +161,10 @@ pub async fn plan(
     } else {
         let rows = manifest.map_or(0, |m| m.snapshot_rows);
         let budget = settings.limits.memory_limit_mb * 1024 * 1024 / 4;
-        ((rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)) as u32)
-            .max(settings.slices.count)
-            .max(1)
-    };
+        ((rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)) as u32).min(MAX_AUTO_BUCKETS)
+    }
+    .max(settings.slices.count)
+    .max(1);
     let values = if wide {
         rules
             .attr_cols
@@ -197,6 +202,8 @@ pub async fn plan(
                 all.extend(these);
             }
         }
+        // The slices' source files are read: free their disk before the state is routed.
+        drop(slice_files);
         let snap = ctx
             .sql(&format!("SELECT *{} FROM ({compact})", route("__s_id")))
             .await
@@ -222,13 +229,13 @@ pub async fn plan(
             buckets: frames,
             state: state_df,
             attributes,
-            _spill: vec![dir].into_iter().chain(slice_files).collect(),
+            _spill: vec![dir],
         });
     }
 
     // In memory: one plan over the whole model and state; under Ballista with buckets, one
-    // plan per bucket over filtered inputs. (A sliced model always takes the files above:
-    // slices are refused under Ballista.)
+    // plan per bucket over filtered inputs. (A sliced model has buckets >= slices > 1, so
+    // it took the files above: slices are refused under Ballista.)
     let [model] = <[DataFrame; 1]>::try_from(slices)
         .map_err(|_| Error::Internal("a sliced model outside bucket files".into()))?;
     ctx.register_table("__vs_model_src", model.into_view())

@@ -458,18 +458,23 @@ impl State {
     /// count. Unlike a union, which runs all its inputs at once, each frame's joins hold
     /// memory only while it is read: how a diff split into buckets stays within the pool.
     async fn write_in_turn(&self, frames: Vec<DataFrame>, rel: &str) -> Result<u64> {
-        let Some(first) = frames.first() else {
-            return Err(Error::Internal(format!("state: nothing to write to {rel}")));
-        };
-        let schema = Arc::new(first.schema().as_arrow().clone());
         let fail = move |e: datafusion::error::DataFusionError| {
             Error::Storage(df_message("state: writing the snapshot", &e))
         };
-        let batches = futures::stream::iter(frames)
+        let mut frames = frames.into_iter();
+        let Some(first) = frames.next() else {
+            return Err(Error::Internal(format!("state: nothing to write to {rel}")));
+        };
+        // The file's schema is the executed stream's (a frame's logical schema can differ
+        // in nullability or string types from the batches it yields).
+        let first = first.execute_stream().await.map_err(fail)?;
+        let schema = first.schema();
+        let rest = futures::stream::iter(frames)
             .then(|df| async move { df.execute_stream().await.map_err(fail) })
             .map_ok(move |s| s.map_err(fail))
             .try_flatten();
-        self.write_batches(rel, schema, Box::pin(batches)).await
+        self.write_batches(rel, schema, Box::pin(first.map_err(fail).chain(rest)))
+            .await
     }
 
     /// Writes a frame as one Parquet file at `rel`, returning its row count.

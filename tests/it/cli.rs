@@ -217,6 +217,23 @@ fn check_names_every_problem() {
             vec!["[model] partition_keys.t", "Float64"],
         ),
         (
+            Box::new(|t| {
+                t.replace(
+                    "[model]\n",
+                    "[model]\npartitions = 4\npartition_keys = { t = \"i\", u = \"s\" }\n",
+                )
+                .replace(
+                    "tables = { t = \"data/t.parquet\" }",
+                    "tables = { t = \"data/t.parquet\", u = \"data/t.parquet\" }",
+                )
+            }),
+            vec![
+                "[model] partition_keys",
+                "t.i is integer or date",
+                "u.s is string",
+            ],
+        ),
+        (
             Box::new(|t| t.replace("SELECT * FROM t", "SELECT * FROM missing_table")),
             vec!["model", "missing_table"],
         ),

@@ -255,7 +255,12 @@ proptest! {
     fn diff_matches_the_reference(
         old in proptest::collection::vec(row_strategy(), 1..14),
         new in proptest::collection::vec(row_strategy(), 1..14),
-        (partitions, slices) in prop_oneof![Just((1u32, 1u32)), Just((3, 1)), Just((0, 4))],
+        (partitions, slices) in prop_oneof![
+            Just((1u32, 1u32)),
+            Just((3, 1)),
+            Just((0, 4)),
+            Just((1, 3))
+        ],
     ) {
         let got = diff_sliced(&old, &new, partitions, slices);
         let want = expected(&old, &new);
