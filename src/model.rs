@@ -90,6 +90,14 @@ pub async fn plan_slices(
         );
         split.push((table.as_str(), provider, paths));
     }
+    // The tables' own providers come back when planning ends, whether it succeeds or not.
+    let _restore = Restore {
+        ctx,
+        tables: split
+            .iter()
+            .map(|(t, p, _)| (t.to_string(), Arc::clone(p)))
+            .collect(),
+    };
     let mut frames = Vec::new();
     for p in 0..n as usize {
         for (table, _, paths) in &split {
@@ -99,11 +107,24 @@ pub async fn plan_slices(
         }
         frames.push(plan(ctx, settings).await?);
     }
-    for (table, provider, _) in split {
-        ctx.deregister_table(table).map_err(fail)?;
-        ctx.register_table(table, provider).map_err(fail)?;
-    }
     Ok((frames, Some(dir)))
+}
+
+/// Registers tables back under their names when dropped.
+struct Restore<'a> {
+    ctx: &'a SessionContext,
+    tables: Vec<(String, Arc<dyn datafusion::catalog::TableProvider>)>,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        for (table, provider) in self.tables.drain(..) {
+            let _ = self.ctx.deregister_table(table.as_str());
+            if let Err(e) = self.ctx.register_table(table.as_str(), provider) {
+                tracing::warn!(table, error = %e, "could not restore a source table after slicing");
+            }
+        }
+    }
 }
 
 /// Checks each `[model] partition_keys` column against its registered table, and that
