@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Builder};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::*;
 use datafusion::common::{Result as DfResult, ScalarValue, exec_err};
 use datafusion::execution::FunctionRegistry;
@@ -217,21 +218,22 @@ fn mix(v: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn slices_of<T>(
-    a: &dyn Array,
-    n: u64,
-    value: impl Fn(usize) -> T,
-    hash: impl Fn(T) -> u64,
-) -> ArrayRef {
+/// Slice of each row of `a`: 0 for nulls, else `hash(i) % n`.
+fn slices_of(a: &dyn Array, n: u64, hash: impl Fn(usize) -> u64) -> ArrayRef {
     let mut b = UInt32Builder::with_capacity(a.len());
     for i in 0..a.len() {
         b.append_value(if a.is_null(i) {
             0
         } else {
-            (hash(value(i)) % n) as u32
+            (hash(i) % n) as u32
         });
     }
     Arc::new(b.finish())
+}
+
+/// Integers (and dates, as day numbers) by value, whatever their width.
+fn int_hash(v: i128) -> u64 {
+    mix(v as u64 ^ ((v >> 64) as u64))
 }
 
 impl ScalarUDFImpl for SliceUdf {
@@ -256,88 +258,22 @@ impl ScalarUDFImpl for SliceUdf {
             _ => return exec_err!("{SLICE}: the slice count must be a literal"),
         };
         let a = args.args[0].clone().into_array(args.number_rows)?;
-        let int = |v: i128| mix(v as u64 ^ ((v >> 64) as u64));
+        // Narrower integers and dates widen to Int64 and string types narrow to Utf8
+        // without changing a value, so one loop per kind serves them all.
         let out = match a.data_type() {
-            DataType::Int8 => slices_of(
-                &a,
-                n,
-                |i| a.as_primitive::<Int8Type>().value(i) as i128,
-                int,
-            ),
-            DataType::Int16 => slices_of(
-                &a,
-                n,
-                |i| a.as_primitive::<Int16Type>().value(i) as i128,
-                int,
-            ),
-            DataType::Int32 => slices_of(
-                &a,
-                n,
-                |i| a.as_primitive::<Int32Type>().value(i) as i128,
-                int,
-            ),
-            DataType::Int64 => slices_of(
-                &a,
-                n,
-                |i| a.as_primitive::<Int64Type>().value(i) as i128,
-                int,
-            ),
-            DataType::UInt8 => slices_of(
-                &a,
-                n,
-                |i| a.as_primitive::<UInt8Type>().value(i) as i128,
-                int,
-            ),
-            DataType::UInt16 => slices_of(
-                &a,
-                n,
-                |i| a.as_primitive::<UInt16Type>().value(i) as i128,
-                int,
-            ),
-            DataType::UInt32 => slices_of(
-                &a,
-                n,
-                |i| a.as_primitive::<UInt32Type>().value(i) as i128,
-                int,
-            ),
-            DataType::UInt64 => slices_of(
-                &a,
-                n,
-                |i| a.as_primitive::<UInt64Type>().value(i) as i128,
-                int,
-            ),
-            DataType::Date32 => slices_of(
-                &a,
-                n,
-                |i| a.as_primitive::<Date32Type>().value(i) as i128,
-                int,
-            ),
-            DataType::Utf8 => {
-                let s = a.as_string::<i32>();
-                slices_of(
-                    &a,
-                    n,
-                    |i| s.value(i),
-                    |v| xxhash_rust::xxh3::xxh3_64(v.as_bytes()),
-                )
+            DataType::UInt64 => {
+                let p = a.as_primitive::<UInt64Type>();
+                slices_of(&a, n, |i| int_hash(i128::from(p.value(i))))
             }
-            DataType::LargeUtf8 => {
-                let s = a.as_string::<i64>();
-                slices_of(
-                    &a,
-                    n,
-                    |i| s.value(i),
-                    |v| xxhash_rust::xxh3::xxh3_64(v.as_bytes()),
-                )
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                let s = cast(&a, &DataType::Utf8)?;
+                let s = s.as_string::<i32>();
+                slices_of(&a, n, |i| xxhash_rust::xxh3::xxh3_64(s.value(i).as_bytes()))
             }
-            DataType::Utf8View => {
-                let s = a.as_string_view();
-                slices_of(
-                    &a,
-                    n,
-                    |i| s.value(i),
-                    |v| xxhash_rust::xxh3::xxh3_64(v.as_bytes()),
-                )
+            t if slice_key_type(t) => {
+                let p = cast(&a, &DataType::Int64)?;
+                let p = p.as_primitive::<Int64Type>();
+                slices_of(&a, n, |i| int_hash(i128::from(p.value(i))))
             }
             other => return exec_err!("{SLICE}: cannot slice by a {other} column"),
         };
@@ -416,4 +352,63 @@ pub fn check_output(schema: &Schema, settings: &Settings) -> Vec<String> {
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{
+        Date32Array, Int32Array, Int64Array, LargeStringArray, StringArray, StringViewArray,
+        UInt64Array,
+    };
+
+    fn slices(a: ArrayRef, n: u32) -> Vec<u32> {
+        let udf = ScalarUDF::from(SliceUdf {
+            signature: Signature::any(2, Volatility::Immutable),
+        });
+        let rows = a.len();
+        let args = vec![
+            ColumnarValue::Array(a),
+            ColumnarValue::Scalar(ScalarValue::UInt32(Some(n))),
+        ];
+        let out = crate::catalog::call_udf(udf, args, rows);
+        out.as_primitive::<UInt32Type>().values().to_vec()
+    }
+
+    /// The same key meets itself in one slice whatever its column's width or string type,
+    /// so tables keyed by an INT and a BIGINT column (or Utf8 and Utf8View) slice alike.
+    #[test]
+    fn a_key_has_one_slice_whatever_its_type() {
+        let ids = [0i64, 1, 2, 42, 1_000_003, -7];
+        let want = slices(Arc::new(Int64Array::from(ids.to_vec())), 16);
+        let narrow: Vec<i32> = ids.iter().map(|&v| v as i32).collect();
+        assert_eq!(slices(Arc::new(Int32Array::from(narrow.clone())), 16), want);
+        assert_eq!(slices(Arc::new(Date32Array::from(narrow)), 16), want);
+        let unsigned: Vec<u64> = ids.iter().filter(|&&v| v >= 0).map(|&v| v as u64).collect();
+        assert_eq!(slices(Arc::new(UInt64Array::from(unsigned)), 16), want[..5]);
+        // consecutive ids spread over the slices
+        assert!(
+            want[..5]
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                > 1
+        );
+
+        let keys = ["c-1", "c-2", "c-3", "c-42"];
+        let want = slices(Arc::new(StringArray::from(keys.to_vec())), 16);
+        assert_eq!(
+            slices(Arc::new(LargeStringArray::from(keys.to_vec())), 16),
+            want
+        );
+        assert_eq!(
+            slices(Arc::new(StringViewArray::from(keys.to_vec())), 16),
+            want
+        );
+        // nulls go to slice 0
+        assert_eq!(
+            slices(Arc::new(Int64Array::from(vec![None, Some(5)])), 16)[0],
+            0
+        );
+    }
 }

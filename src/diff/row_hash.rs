@@ -397,35 +397,21 @@ impl ScalarUDFImpl for HashUdf {
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, StringArray};
-    use datafusion::arrow::datatypes::Field;
 
     fn hash(city: Option<&str>, n: Option<i64>) -> String {
         let city: ArrayRef = Arc::new(StringArray::from(vec![city]));
         let n: ArrayRef = Arc::new(Int64Array::from(vec![n]));
-        let udf = HashUdf {
+        let udf = ScalarUDF::from(HashUdf {
             name: ROW_HASH,
             signature: Signature::variadic_any(Volatility::Immutable),
-        };
+        });
         let args = vec![
             ColumnarValue::Scalar(ScalarValue::Utf8(Some("city".into()))),
             ColumnarValue::Array(city),
             ColumnarValue::Scalar(ScalarValue::Utf8(Some("n".into()))),
             ColumnarValue::Array(n),
         ];
-        let out = udf
-            .invoke_with_args(ScalarFunctionArgs {
-                arg_fields: args
-                    .iter()
-                    .map(|a| Arc::new(Field::new("x", a.data_type(), true)))
-                    .collect(),
-                args,
-                number_rows: 1,
-                return_field: Arc::new(Field::new("h", DataType::FixedSizeBinary(16), true)),
-                config_options: Arc::new(Default::default()),
-            })
-            .unwrap()
-            .into_array(1)
-            .unwrap();
+        let out = crate::catalog::call_udf(udf, args, 1);
         let bytes = out.as_fixed_size_binary().value(0).to_vec();
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }

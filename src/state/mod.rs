@@ -459,7 +459,7 @@ impl State {
     /// memory only while it is read: how a diff split into buckets stays within the pool.
     async fn write_in_turn(&self, frames: Vec<DataFrame>, rel: &str) -> Result<u64> {
         let fail = move |e: datafusion::error::DataFusionError| {
-            Error::Storage(df_message("state: writing the snapshot", &e))
+            Error::Storage(df_message(&format!("state: writing {rel}"), &e))
         };
         let mut frames = frames.into_iter();
         let Some(first) = frames.next() else {
@@ -480,12 +480,7 @@ impl State {
     /// Writes a frame as one Parquet file at `rel`, returning its row count.
     pub async fn write(&self, df: DataFrame, rel: &str) -> Result<u64> {
         if self.client_writes {
-            let fail = |e: datafusion::error::DataFusionError| {
-                Error::Storage(df_message(&format!("state: writing {rel}"), &e))
-            };
-            let stream = df.execute_stream().await.map_err(fail)?;
-            let schema = stream.schema();
-            return self.write_batches(rel, schema, stream.map_err(fail)).await;
+            return self.write_in_turn(vec![df], rel).await;
         }
         let out = df
             .write_parquet(

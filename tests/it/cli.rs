@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::common::{Sync, cli, counts, json};
+use crate::common::{Sync, cli, counts, json, with_model_lines};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -116,14 +116,8 @@ fn relative_paths_resolve_against_the_config_folder() {
 fn broken(edit: impl Fn(String) -> String) -> (Sync, crate::common::Output) {
     let sync = Sync::new();
     sync.land(&crate::diff::batch(&[crate::diff::Row {
-        id: Some("a@x.se".into()),
         s: Some("Ada".into()),
-        b: None,
-        d: None,
-        dt: None,
-        ts: None,
-        i: None,
-        f: None,
+        ..crate::diff::Row::id("a@x.se")
     }]));
     sync.write_config(
         "SELECT * FROM t",
@@ -163,6 +157,7 @@ fn check_accepts_the_valid_config() {
 #[test]
 fn check_names_every_problem() {
     type Edit = Box<dyn Fn(String) -> String>;
+    let model = |lines: &'static str| -> Edit { Box::new(move |t| with_model_lines(&t, lines)) };
     let cases: Vec<(Edit, Vec<&str>)> = vec![
         (
             Box::new(|t| t.replace("mode = \"upsert\"", "mode = \"upsert\"\nmodee = 1")),
@@ -182,45 +177,27 @@ fn check_names_every_problem() {
             vec!["model", "SELEC"],
         ),
         (
-            Box::new(|t| t.replace("[model]\n", "[model]\npartitions = 4\n")),
+            model("partitions = 4\n"),
             vec!["[model] partition_keys", "required"],
         ),
+        (model("partitions = 0\n"), vec!["[model] partitions", "0"]),
         (
-            Box::new(|t| t.replace("[model]\n", "[model]\npartitions = 0\n")),
-            vec!["[model] partitions", "0"],
-        ),
-        (
-            Box::new(|t| {
-                t.replace(
-                    "[model]\n",
-                    "[model]\npartitions = 4\npartition_keys = { orders = \"id\" }\n",
-                )
-            }),
+            model("partitions = 4\npartition_keys = { orders = \"id\" }\n"),
             vec!["[model] partition_keys.orders", "no such table"],
         ),
         (
-            Box::new(|t| {
-                t.replace(
-                    "[model]\n",
-                    "[model]\npartitions = 4\npartition_keys = { t = \"customer\" }\n",
-                )
-            }),
+            model("partitions = 4\npartition_keys = { t = \"customer\" }\n"),
             vec!["[model] partition_keys.t", "no column \"customer\""],
         ),
         (
-            Box::new(|t| {
-                t.replace(
-                    "[model]\n",
-                    "[model]\npartitions = 4\npartition_keys = { t = \"f\" }\n",
-                )
-            }),
+            model("partitions = 4\npartition_keys = { t = \"f\" }\n"),
             vec!["[model] partition_keys.t", "Float64"],
         ),
         (
             Box::new(|t| {
-                t.replace(
-                    "[model]\n",
-                    "[model]\npartitions = 4\npartition_keys = { t = \"i\", u = \"s\" }\n",
+                with_model_lines(
+                    &t,
+                    "partitions = 4\npartition_keys = { t = \"i\", u = \"s\" }\n",
                 )
                 .replace(
                     "tables = { t = \"data/t.parquet\" }",

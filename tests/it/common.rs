@@ -71,9 +71,20 @@ state = "state"
         std::fs::write(self.config(), text).unwrap();
     }
 
+    /// Adds `lines` (`key = value`, newline-terminated) to the written config's `[model]`.
+    pub fn add_model_lines(&self, lines: &str) {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(self.config(), with_model_lines(&text, lines)).unwrap();
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.path("state/test-sync")
     }
+}
+
+/// `config` with `lines` added to its `[model]` table.
+pub fn with_model_lines(config: &str, lines: &str) -> String {
+    config.replacen("[model]\n", &format!("[model]\n{lines}"), 1)
 }
 
 pub struct Output {

@@ -22,6 +22,22 @@ pub struct Row {
     pub f: Option<f64>,
 }
 
+impl Row {
+    /// A row with only its identifier set.
+    pub fn id(id: &str) -> Row {
+        Row {
+            id: Some(id.to_string()),
+            s: None,
+            b: None,
+            d: None,
+            dt: None,
+            ts: None,
+            i: None,
+            f: None,
+        }
+    }
+}
+
 pub fn batch(rows: &[Row]) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, true),
@@ -221,6 +237,11 @@ fn diff(old: &[Row], new: &[Row], partitions: u32) -> [u64; 5] {
     diff_sliced(old, new, partitions, 1)
 }
 
+/// `[model]` lines running the model in `slices` slices of `t` by `key`.
+fn sliced_by(slices: u32, key: &str) -> String {
+    format!("partitions = {slices}\npartition_keys = {{ t = \"{key}\" }}\n")
+}
+
 fn diff_sliced(old: &[Row], new: &[Row], partitions: u32, slices: u32) -> [u64; 5] {
     let sync = Sync::new();
     sync.write_config(
@@ -231,11 +252,7 @@ fn diff_sliced(old: &[Row], new: &[Row], partitions: u32, slices: u32) -> [u64; 
         &format!("{MAPPING}\n[limits]\ndiff_partitions = {partitions}\n"),
     );
     if slices > 1 {
-        let text = std::fs::read_to_string(sync.config()).unwrap().replace(
-            "[model]\n",
-            &format!("[model]\npartitions = {slices}\npartition_keys = {{ t = \"i\" }}\n"),
-        );
-        std::fs::write(sync.config(), text).unwrap();
+        sync.add_model_lines(&sliced_by(slices, "i"));
     }
     let cfg = sync.config();
     rt().block_on(async {
@@ -391,11 +408,7 @@ fn a_sliced_join_model_plans_like_the_whole_model() {
         let sync = Sync::new();
         sync.write_config(model, "id", "email", "upsert", MAPPING);
         if slices > 1 {
-            let text = std::fs::read_to_string(sync.config()).unwrap().replace(
-                "[model]\n",
-                &format!("[model]\npartitions = {slices}\npartition_keys = {{ t = \"id\" }}\n"),
-            );
-            std::fs::write(sync.config(), text).unwrap();
+            sync.add_model_lines(&sliced_by(slices, "id"));
         }
         let cfg = sync.config();
         rt().block_on(async {
@@ -410,4 +423,32 @@ fn a_sliced_join_model_plans_like_the_whole_model() {
     // row's s changed: all kinds occur.
     assert!(whole.iter().all(|&c| c > 0), "{whole:?}");
     assert_eq!(plan(5), whole);
+}
+
+/// A model that fails in its slices leaves the session's source tables as they were: the
+/// slices' views over temporary files are not left registered under the tables' names.
+#[test]
+fn a_failed_sliced_plan_restores_the_source_tables() {
+    let sync = Sync::new();
+    sync.write_config("SELECT * FROM t", "id", "email", "upsert", MAPPING);
+    sync.add_model_lines(&sliced_by(3, "id"));
+    let rows: Vec<Row> = (0..40)
+        .map(|k| Row::id(&format!("user{k}@example.com")))
+        .collect();
+    sync.land(&batch(&rows));
+    let mut settings = voyado_sync::config::load(&sync.config()).unwrap();
+    rt().block_on(async {
+        let ctx = voyado_sync::catalog::session(&settings).unwrap();
+        voyado_sync::catalog::register_sources(&ctx, &settings)
+            .await
+            .unwrap();
+        settings.model_sql = "SELECT * FROM t WHERE no_such_column = 1".into();
+        assert!(
+            voyado_sync::model::plan_slices(&ctx, &settings)
+                .await
+                .is_err()
+        );
+        let whole = ctx.table("t").await.unwrap().count().await.unwrap();
+        assert_eq!(whole, 40);
+    });
 }
