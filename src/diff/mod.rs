@@ -9,6 +9,7 @@
 //! [`crate::spill`]) and each bucket's duplicate check and join run on its own files; under
 //! Ballista each bucket is a filtered query instead.
 
+mod classify;
 pub mod row_hash;
 pub mod stage;
 
@@ -210,20 +211,10 @@ pub async fn plan(
             .map_err(fail("state"))?;
         let (_, snap_paths) =
             spill::split(snap, dir.path(), "state", buckets, "reading the state").await?;
-        for (b, (m, s)) in model_paths.iter().zip(&snap_paths).enumerate() {
+        for (m, s) in model_paths.iter().zip(&snap_paths) {
             let model = spill::read(ctx, m).await.map_err(fail("model"))?;
             let snap = spill::read(ctx, s).await.map_err(fail("state"))?;
-            let (mv, sv) = (format!("__vs_model_{b}"), format!("__vs_snap_{b}"));
-            ctx.register_table(mv.as_str(), model.into_view())
-                .map_err(fail("model"))?;
-            ctx.register_table(sv.as_str(), snap.into_view())
-                .map_err(fail("state"))?;
-            let valid = rules.checked(&mv);
-            frames.push(
-                ctx.sql(&rules.compare(&format!("SELECT * FROM {sv}"), &valid, &values))
-                    .await
-                    .map_err(fail("change detection"))?,
-            );
+            frames.push(classified(ctx, model, snap, settings, wide)?);
         }
         return Ok(ChangeSet {
             buckets: frames,
@@ -233,13 +224,26 @@ pub async fn plan(
         });
     }
 
-    // In memory: one plan over the whole model and state; under Ballista with buckets, one
-    // plan per bucket over filtered inputs. (A sliced model has buckets >= slices > 1, so
-    // it took the files above: slices are refused under Ballista.)
+    // In memory: one operator over the whole model and state; under Ballista, one SQL plan
+    // per bucket over filtered inputs. (A sliced model has buckets >= slices > 1, so it took
+    // the files above: slices are refused under Ballista.)
     let [model] = <[DataFrame; 1]>::try_from(slices)
         .map_err(|_| Error::Internal("a sliced model outside bucket files".into()))?;
     ctx.register_table("__vs_model_src", model.into_view())
         .map_err(fail("model"))?;
+    if !settings.engine.is_ballista() {
+        let model = ctx
+            .sql(&rules.projection("__vs_model_src", wide, ""))
+            .await
+            .map_err(fail("model"))?;
+        let snap = ctx.sql(&compact).await.map_err(fail("state"))?;
+        return Ok(ChangeSet {
+            buckets: vec![classified(ctx, model, snap, settings, wide)?],
+            state: state_df,
+            attributes,
+            _spill: slice_files.into_iter().collect(),
+        });
+    }
     let projected = ctx
         .sql(&rules.projection("__vs_model_src", true, ""))
         .await
@@ -278,6 +282,26 @@ pub async fn plan(
         attributes,
         _spill: slice_files.into_iter().collect(),
     })
+}
+
+/// The change set of `model` (the projection's columns) against the compact `state`, as
+/// classified by [`classify`].
+fn classified(
+    ctx: &SessionContext,
+    model: DataFrame,
+    state: DataFrame,
+    settings: &Settings,
+    wide: bool,
+) -> Result<DataFrame> {
+    let values = if wide {
+        settings.attributes.iter().map(|m| m.attribute.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    let table = classify::Classified::new(model, state, settings.key, values)
+        .map_err(|e| Error::Internal(df_message("change detection", &e)))?;
+    ctx.read_table(Arc::new(table))
+        .map_err(|e| Error::Internal(df_message("change detection", &e)))
 }
 
 fn fail(what: &str) -> impl Fn(datafusion::error::DataFusionError) -> Error {
