@@ -157,12 +157,12 @@ pub async fn plan(
 
     // Buckets: 1 unless the state's identifiers would not fit a quarter of the memory pool;
     // a sliced model (too large for memory by the user's own account) gets at least as many.
+    let state_rows = manifest.map_or(0, |m| m.snapshot_rows);
     let buckets = if settings.limits.diff_partitions > 0 {
         settings.limits.diff_partitions
     } else {
-        let rows = manifest.map_or(0, |m| m.snapshot_rows);
         let budget = settings.limits.memory_limit_mb * 1024 * 1024 / 4;
-        ((rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)) as u32).min(MAX_AUTO_BUCKETS)
+        ((state_rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)) as u32).min(MAX_AUTO_BUCKETS)
     }
     .max(settings.slices.count)
     .max(1);
@@ -214,7 +214,14 @@ pub async fn plan(
         for (m, s) in model_paths.iter().zip(&snap_paths) {
             let model = spill::read(ctx, m).await.map_err(fail("model"))?;
             let snap = spill::read(ctx, s).await.map_err(fail("state"))?;
-            frames.push(classified(ctx, model, snap, settings, wide)?);
+            frames.push(classified(
+                ctx,
+                model,
+                snap,
+                settings,
+                wide,
+                state_rows / u64::from(buckets),
+            )?);
         }
         return Ok(ChangeSet {
             buckets: frames,
@@ -238,7 +245,7 @@ pub async fn plan(
             .map_err(fail("model"))?;
         let snap = ctx.sql(&compact).await.map_err(fail("state"))?;
         return Ok(ChangeSet {
-            buckets: vec![classified(ctx, model, snap, settings, wide)?],
+            buckets: vec![classified(ctx, model, snap, settings, wide, state_rows)?],
             state: state_df,
             attributes,
             _spill: slice_files.into_iter().collect(),
@@ -292,14 +299,25 @@ fn classified(
     state: DataFrame,
     settings: &Settings,
     wide: bool,
+    expected: u64,
 ) -> Result<DataFrame> {
     let values = if wide {
-        settings.attributes.iter().map(|m| m.attribute.clone()).collect()
+        settings
+            .attributes
+            .iter()
+            .map(|m| m.attribute.clone())
+            .collect()
     } else {
         Vec::new()
     };
-    let table = classify::Classified::new(model, state, settings.key, values)
-        .map_err(|e| Error::Internal(df_message("change detection", &e)))?;
+    let table = classify::Classified::new(
+        model,
+        state,
+        settings.key,
+        values,
+        expected.min(1 << 28) as usize,
+    )
+    .map_err(|e| Error::Internal(df_message("change detection", &e)))?;
     ctx.read_table(Arc::new(table))
         .map_err(|e| Error::Internal(df_message("change detection", &e)))
 }
