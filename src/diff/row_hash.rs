@@ -23,7 +23,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, FixedSizeBinaryBuilder, StringArray,
+    Array, ArrayRef, AsArray, BinaryBuilder, FixedSizeBinaryBuilder, StringArray, StringViewArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::*;
@@ -83,6 +83,8 @@ type WriteText<'a> = Box<dyn Fn(usize, &mut Vec<u8>) + 'a>;
 /// the per-row work is a typed array access, not a type dispatch.
 pub enum ValueEncoder<'a> {
     Str(StringArray),
+    /// Read in place: casting views to plain strings copies every value.
+    View(&'a StringViewArray),
     Int(Box<dyn Fn(usize) -> i128 + 'a>, &'a dyn Array),
     Float(Box<dyn Fn(usize) -> f64 + 'a>, &'a dyn Array),
     /// Writes the decimal text at the column's scale, as Arrow's cast to string does.
@@ -99,9 +101,8 @@ impl<'a> ValueEncoder<'a> {
         let a = array.as_ref();
         Ok(match array.data_type() {
             Utf8 => ValueEncoder::Str(a.as_string::<i32>().clone()),
-            LargeUtf8 | Utf8View => {
-                ValueEncoder::Str(cast(array, &Utf8)?.as_string::<i32>().clone())
-            }
+            Utf8View => ValueEncoder::View(a.as_string_view()),
+            LargeUtf8 => ValueEncoder::Str(cast(array, &Utf8)?.as_string::<i32>().clone()),
             Int8 => int(a.as_primitive::<Int8Type>(), a),
             Int16 => int(a.as_primitive::<Int16Type>(), a),
             Int32 => int(a.as_primitive::<Int32Type>(), a),
@@ -188,19 +189,17 @@ impl<'a> ValueEncoder<'a> {
             out.extend_from_slice(bytes);
             true
         }
-        match self {
-            ValueEncoder::Str(s) => {
-                if s.is_null(i) {
-                    return false;
-                }
-                let v = s.value(i);
-                // Most values start with a letter or digit: skip the Unicode trim for them.
-                let starts_solid = v.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric);
-                if !starts_solid && v.trim_matches(char::is_whitespace).is_empty() {
-                    return false;
-                }
-                put(out, b's', v.as_bytes())
+        fn put_str(out: &mut Vec<u8>, v: &str) -> bool {
+            // Most values start with a letter or digit: skip the Unicode trim for them.
+            let starts_solid = v.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric);
+            if !starts_solid && v.trim_matches(char::is_whitespace).is_empty() {
+                return false;
             }
+            put(out, b's', v.as_bytes())
+        }
+        match self {
+            ValueEncoder::Str(s) => s.is_valid(i) && put_str(out, s.value(i)),
+            ValueEncoder::View(s) => s.is_valid(i) && put_str(out, s.value(i)),
             ValueEncoder::Int(f, a) => !a.is_null(i) && put(out, b'i', &f(i).to_le_bytes()),
             ValueEncoder::Float(f, a) => {
                 if a.is_null(i) {

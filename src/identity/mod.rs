@@ -17,10 +17,23 @@ pub const REASON_DUPLICATE: &str = "identifier shared by several rows";
 
 /// Normalises a raw identifier value for `key`.
 pub fn normalize(raw: &str, key: Key) -> String {
+    let mut out = String::new();
+    normalize_into(raw, key, &mut out);
+    out
+}
+
+/// [`normalize`] appending to `out`, without a String per value for ASCII text (whose
+/// Unicode lowercase is its ASCII lowercase).
+pub fn normalize_into(raw: &str, key: Key, out: &mut String) {
     let trimmed = raw.trim_matches(char::is_whitespace);
     match key {
-        Key::Email => trimmed.to_lowercase(),
-        _ => trimmed.to_string(),
+        Key::Email if trimmed.is_ascii() => {
+            let at = out.len();
+            out.push_str(trimmed);
+            out[at..].make_ascii_lowercase();
+        }
+        Key::Email => out.push_str(&trimmed.to_lowercase()),
+        _ => out.push_str(trimmed),
     }
 }
 
@@ -41,6 +54,13 @@ pub fn problem(normalized: Option<&str>, key: Key) -> Option<&'static str> {
 /// `local@domain.tld`: exactly one `@`, no whitespace, a non-empty local part and a domain
 /// holding a dot between non-empty labels.
 fn is_email_shaped(v: &str) -> bool {
+    if v.is_ascii() {
+        return is_ascii_email_shaped(v.as_bytes());
+    }
+    is_email_shaped_chars(v)
+}
+
+fn is_email_shaped_chars(v: &str) -> bool {
     if v.chars().any(char::is_whitespace) {
         return false;
     }
@@ -53,6 +73,27 @@ fn is_email_shaped(v: &str) -> bool {
         && !domain.starts_with('.')
         && !domain.ends_with('.')
         && !domain.contains("..")
+}
+
+/// [`is_email_shaped`] in one pass over ASCII bytes (ASCII whitespace is tab to carriage
+/// return and space).
+fn is_ascii_email_shaped(b: &[u8]) -> bool {
+    let mut at = None;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'@' if at.is_some() => return false,
+            b'@' => at = Some(i),
+            b' ' | b'\t'..=b'\r' => return false,
+            _ => {}
+        }
+    }
+    let Some(at) = at else { return false };
+    let (local, domain) = (&b[..at], &b[at + 1..]);
+    !local.is_empty()
+        && domain.contains(&b'.')
+        && domain.first() != Some(&b'.')
+        && domain.last() != Some(&b'.')
+        && !domain.windows(2).any(|w| w == b"..")
 }
 
 /// `+` followed by a country code (a non-zero digit) and the subscriber number; spaces,
@@ -135,6 +176,36 @@ mod tests {
         }
         assert_eq!(problem(Some(""), Key::Email), Some(REASON_EMPTY));
         assert_eq!(problem(None, Key::Email), Some(REASON_EMPTY));
+    }
+
+    #[test]
+    fn ascii_email_shape_agrees_with_the_unicode_rules() {
+        // Every string of up to 5 characters over an alphabet of the characters that matter.
+        let alphabet = ['a', '@', '.', ' ', '\t', '\u{0B}', '\r', '\n', '-'];
+        let mut strings = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..5 {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            strings.extend(last.iter().cloned());
+        }
+        assert_eq!(strings.len(), 1 + 9 + 81 + 729 + 6561 + 59049);
+        let mut shaped = 0;
+        for s in &strings {
+            let fast = is_ascii_email_shaped(s.as_bytes());
+            assert_eq!(fast, is_email_shaped_chars(s), "{s:?}");
+            shaped += usize::from(fast);
+        }
+        assert!(shaped > 0, "no string was shaped like an email");
+    }
+
+    #[test]
+    fn ascii_emails_are_lowercased_in_place() {
+        let mut out = String::from("x");
+        normalize_into(" Ada@Example.COM\t", Key::Email, &mut out);
+        assert_eq!(out, "xada@example.com");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::{bucket, normalize, problem, shard};
+use super::{bucket, normalize_into, problem, shard};
 use crate::config::Key;
 
 pub const NORMALIZE: &str = "voyado_normalize_id";
@@ -95,16 +95,12 @@ impl ScalarUDFImpl for IdUdf {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;
         let input = args.args[0].clone().into_array(rows)?;
-        let input = to_utf8(&input)?;
-        let strings = input.as_string::<i32>();
         let out: ArrayRef = match self.name {
             BUCKET | SHARD => {
                 let n = scalar_u32(&args.args[1])?;
                 let f = if self.name == BUCKET { bucket } else { shard };
                 let mut b = UInt32Builder::with_capacity(rows);
-                for v in strings.iter() {
-                    b.append_value(v.map_or(0, |s| f(s, n)));
-                }
+                each_str(&input, |v| b.append_value(v.map_or(0, |s| f(s, n))))?;
                 Arc::new(b.finish())
             }
             name => {
@@ -113,16 +109,29 @@ impl ScalarUDFImpl for IdUdf {
                     return exec_err!("unknown identifier key {key_name}");
                 };
                 let mut b = StringBuilder::with_capacity(rows, rows * 8);
-                for v in strings.iter() {
-                    if name == NORMALIZE {
-                        b.append_option(v.map(|s| normalize(s, key)));
-                    } else {
-                        b.append_option(problem(v, key));
+                let mut buf = String::new();
+                each_str(&input, |v| match v {
+                    Some(s) if name == NORMALIZE => {
+                        buf.clear();
+                        normalize_into(s, key, &mut buf);
+                        b.append_value(&buf);
                     }
-                }
+                    None if name == NORMALIZE => b.append_null(),
+                    v => b.append_option(problem(v, key)),
+                })?;
                 Arc::new(b.finish())
             }
         };
         Ok(ColumnarValue::Array(out))
     }
+}
+
+/// Calls `f` with each value of a string-like (or integer) array, reading plain strings
+/// and views in place.
+fn each_str(array: &ArrayRef, f: impl FnMut(Option<&str>)) -> Result<()> {
+    match array.data_type() {
+        DataType::Utf8View => array.as_string_view().iter().for_each(f),
+        _ => to_utf8(array)?.as_string::<i32>().iter().for_each(f),
+    }
+    Ok(())
 }
