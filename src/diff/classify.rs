@@ -314,7 +314,6 @@ struct ModelBatch {
 /// A buffered state batch's compact columns.
 struct StateBatch {
     ids: Strings,
-    hashes: FixedSizeBinaryArray,
     contact_ids: Strings,
     statuses: Strings,
 }
@@ -354,15 +353,31 @@ impl Strings {
     }
 }
 
+/// Verdicts: the kind of a model row, and for invalid rows why.
+const V_NEW: u8 = 0;
+const V_CHANGED: u8 = 1;
+const V_UNCHANGED: u8 = 2;
+/// Invalid: `V_INVALID + i` for reason `REASONS[i]`.
+const V_INVALID: u8 = 3;
+const REASONS: [&str; 4] = [
+    identity::REASON_EMPTY,
+    identity::REASON_EMAIL,
+    identity::REASON_PHONE,
+    identity::REASON_DUPLICATE,
+];
+
+fn invalid(reason: &str) -> u8 {
+    V_INVALID + REASONS.iter().position(|r| *r == reason).unwrap_or(0) as u8
+}
+
 /// What the join found for each model row, by batch and row.
 struct Matches {
     /// The state row with the same identifier, or NONE.
     state: Vec<Vec<u64>>,
-    /// Whether another model row has the same identifier.
-    duplicate: Vec<Vec<bool>>,
-    /// Further state rows of identifiers the state holds more than once (a state should
-    /// have none), by model row.
-    more: HashMap<u64, Vec<u64>>,
+    verdict: Vec<Vec<u8>>,
+    /// Further (state row, verdict) of identifiers the state holds more than once (a state
+    /// should have none), by model row.
+    more: HashMap<u64, Vec<(u64, u8)>>,
     /// State rows no model row claimed.
     deleted: Vec<u64>,
 }
@@ -406,6 +421,8 @@ fn part_of(hash: u64) -> usize {
 #[derive(Default)]
 struct Part {
     rows: Vec<(u64, u64)>,
+    /// Each row's row hash (None when null).
+    hashes: Vec<Option<[u8; 16]>>,
     ends: Vec<u32>,
     keys: Vec<u8>,
 }
@@ -414,6 +431,7 @@ impl Part {
     fn with_capacity(n: usize) -> Self {
         Part {
             rows: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
             ends: Vec::with_capacity(n),
             keys: Vec::with_capacity(n * 24),
         }
@@ -428,18 +446,21 @@ impl Part {
 /// What joining some partitions found, by row place.
 #[derive(Default)]
 struct Found {
-    /// (model row, state row) with the same identifier.
-    matches: Vec<(u64, u64)>,
-    /// Model rows whose identifier another model row has too.
-    duplicates: Vec<u64>,
+    /// (model row, its state row or NONE, verdict): one per model row with an identifier,
+    /// and one more per further state row with the same identifier.
+    rows: Vec<(u64, u64, u8)>,
     /// State rows whose identifier no model row has.
     deleted: Vec<u64>,
 }
 
-/// Joins model and state partitions pairwise: counts each model identifier and finds its
-/// state rows. Identifiers are compared whole after their hashes.
-fn join_parts(model_parts: &[Part], state_parts: &[Part]) -> Found {
-    let mut found = Found::default();
+/// Joins model and state partitions pairwise: counts each model identifier, finds its
+/// state rows and gives each model row its verdict. Identifiers are compared whole
+/// after their hashes.
+fn join_parts(key: Key, model_parts: &[Part], state_parts: &[Part]) -> Found {
+    let mut found = Found {
+        rows: Vec::with_capacity(model_parts.iter().map(|p| p.rows.len()).sum()),
+        deleted: Vec::new(),
+    };
     // State rows by hash (index into the partition); model identifiers (index of their
     // first row, count) and each model row's identifier.
     let mut states: HashTable<u32> = HashTable::new();
@@ -474,16 +495,30 @@ fn join_parts(model_parts: &[Part], state_parts: &[Part]) -> Found {
         }
         let mut claimed = vec![false; sp.rows.len()];
         for (i, &(h, at)) in mp.rows.iter().enumerate() {
-            if counts[of_row[i] as usize].1 > 1 {
-                found.duplicates.push(at);
-            }
             let id = mp.key(i);
+            let problem = identity::problem(std::str::from_utf8(id).ok(), key);
+            let reason = problem.or_else(|| {
+                (counts[of_row[i] as usize].1 > 1).then_some(identity::REASON_DUPLICATE)
+            });
+            // A null row hash on either side never equals, as in SQL.
+            let verdict = |j: Option<usize>| match (reason, j) {
+                (Some(r), _) => invalid(r),
+                (None, None) => V_NEW,
+                (None, Some(j)) if mp.hashes[i].is_some() && mp.hashes[i] == sp.hashes[j] => {
+                    V_UNCHANGED
+                }
+                (None, Some(_)) => V_CHANGED,
+            };
+            let before = found.rows.len();
             for &j in states.iter_hash(h) {
                 let (sh, sat) = sp.rows[j as usize];
                 if sh == h && sp.key(j as usize) == id {
                     claimed[j as usize] = true;
-                    found.matches.push((at, sat));
+                    found.rows.push((at, sat, verdict(Some(j as usize))));
                 }
+            }
+            if found.rows.len() == before {
+                found.rows.push((at, NONE, verdict(None)));
             }
         }
         found.deleted.extend(
@@ -497,13 +532,19 @@ fn join_parts(model_parts: &[Part], state_parts: &[Part]) -> Found {
     found
 }
 
-/// Adds every identifier of `ids` (batch `b`) to its partition.
-fn scatter(ids: &Strings, b: usize, parts: &mut [Part]) {
+/// Adds every identifier of `ids` (batch `b`) to its partition, with its row hash.
+fn scatter(ids: &Strings, hashes: &FixedSizeBinaryArray, b: usize, parts: &mut [Part]) {
     for i in 0..ids.len() {
         if let Some(id) = ids.get(i) {
             let h = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
             let p = &mut parts[part_of(h)];
             p.rows.push((h, place(b, i)));
+            p.hashes.push(
+                hashes
+                    .is_valid(i)
+                    .then(|| hashes.value(i).try_into().ok())
+                    .flatten(),
+            );
             p.keys.extend_from_slice(id.as_bytes());
             p.ends.push(p.keys.len() as u32);
         }
@@ -580,9 +621,13 @@ impl Job {
         let time = self.phase[0].clone();
         let _timer = time.timer();
         let ids = Strings::new(batch.column(self.cols.ident))?;
-        scatter(&ids, self.model.len(), &mut self.model_parts);
-        // Places, and later a match and a flag per row.
-        let bytes = batch.get_array_memory_size() + ids.len() * 57;
+        let hashes = batch.column(self.cols.hash);
+        let Some(hashes) = hashes.as_any().downcast_ref::<FixedSizeBinaryArray>() else {
+            return internal_err!("the model's row hash is {}", hashes.data_type());
+        };
+        scatter(&ids, hashes, self.model.len(), &mut self.model_parts);
+        // Places, and later a match and a verdict per row.
+        let bytes = batch.get_array_memory_size() + ids.len() * 74;
         self.model.push(ModelBatch { batch, ids });
         self.charge(bytes)
     }
@@ -597,12 +642,11 @@ impl Job {
         };
         let sb = StateBatch {
             ids: Strings::new(batch.column(c.s_id))?,
-            hashes: hashes.clone(),
             contact_ids: Strings::new(batch.column(c.s_contact_id))?,
             statuses: Strings::new(batch.column(c.s_status))?,
         };
-        scatter(&sb.ids, self.state.len(), &mut self.state_parts);
-        let bytes = batch.get_array_memory_size() + sb.ids.len() * 48;
+        scatter(&sb.ids, hashes, self.state.len(), &mut self.state_parts);
+        let bytes = batch.get_array_memory_size() + sb.ids.len() * 65;
         self.state.push(sb);
         self.charge(bytes)
     }
@@ -610,17 +654,18 @@ impl Job {
     /// Partition by partition: counts each model identifier and finds its state rows.
     fn join(&mut self) -> Result<()> {
         let time = self.phase[2].clone();
-        let _timer = time.timer();
+        let timer = time.timer();
+        // Rows without an identifier are in no partition: their verdict stays "empty".
         let mut m = Matches {
             state: self
                 .model
                 .iter()
                 .map(|mb| vec![NONE; mb.ids.len()])
                 .collect(),
-            duplicate: self
+            verdict: self
                 .model
                 .iter()
-                .map(|mb| vec![false; mb.ids.len()])
+                .map(|mb| vec![invalid(identity::REASON_EMPTY); mb.ids.len()])
                 .collect(),
             more: HashMap::new(),
             deleted: Vec::new(),
@@ -629,11 +674,12 @@ impl Job {
         let state_parts = std::mem::take(&mut self.state_parts);
         // Partitions are independent: split them over the session's threads.
         let per = PARTS.div_ceil(self.threads.clamp(1, PARTS));
+        let key = self.key;
         let found: Vec<Found> = std::thread::scope(|scope| {
             let running: Vec<_> = model_parts
                 .chunks(per)
                 .zip(state_parts.chunks(per))
-                .map(|(mp, sp)| scope.spawn(move || join_parts(mp, sp)))
+                .map(|(mp, sp)| scope.spawn(move || join_parts(key, mp, sp)))
                 .collect();
             running
                 .into_iter()
@@ -641,18 +687,19 @@ impl Job {
                 .collect()
         });
         drop((model_parts, state_parts));
+        timer.done();
+        let time = self.phase[3].clone();
+        let _timer = time.timer();
         for f in found {
-            for (at, sat) in f.matches {
+            for (at, sat, v) in f.rows {
                 let (b, r) = unplace(at);
+                // The first row of a model row (matched or not), then any further matches.
                 if m.state[b][r] == NONE {
                     m.state[b][r] = sat;
+                    m.verdict[b][r] = v;
                 } else {
-                    m.more.entry(at).or_default().push(sat);
+                    m.more.entry(at).or_default().push((sat, v));
                 }
-            }
-            for at in f.duplicates {
-                let (b, r) = unplace(at);
-                m.duplicate[b][r] = true;
             }
             m.deleted.extend(f.deleted);
         }
@@ -671,10 +718,6 @@ impl Job {
         let mut reasons = StringBuilder::with_capacity(rows, 0);
         let mut contact_ids = StringBuilder::with_capacity(rows, rows * 4);
         let mut statuses = StringBuilder::with_capacity(rows, rows * 4);
-        let hashes = mb.batch.column(self.cols.hash);
-        let Some(hashes) = hashes.as_any().downcast_ref::<FixedSizeBinaryArray>() else {
-            return internal_err!("the model's row hash is {}", hashes.data_type());
-        };
         let mut take_rows: Option<Vec<u32>> = None;
         let none = Vec::new();
         // A count needs no contactIds or statuses: they are read only when asked for.
@@ -682,23 +725,19 @@ impl Job {
             .projection
             .as_ref()
             .is_none_or(|p| p.contains(&5) || p.contains(&6));
+        let (states, verdicts) = (&m.state[b], &m.verdict[b]);
         for i in 0..rows {
-            let reason = identity::problem(mb.ids.get(i), self.key)
-                .or_else(|| m.duplicate[b][i].then_some(identity::REASON_DUPLICATE));
-            let first = m.state[b][i];
-            let more = match first {
+            let first = (states[i], verdicts[i]);
+            let more = match first.0 {
                 NONE => &none,
                 _ => m.more.get(&place(b, i)).unwrap_or(&none),
             };
-            for (n, &at) in std::iter::once(&first).chain(more).enumerate() {
-                let kind = if reason.is_some() {
-                    INVALID
-                } else if at == NONE {
-                    NEW
-                } else if same_hash(hashes, i, &self.state, at) {
-                    UNCHANGED
-                } else {
-                    CHANGED
+            for (n, &(at, v)) in std::iter::once(&first).chain(more).enumerate() {
+                let (kind, reason) = match v {
+                    V_NEW => (NEW, None),
+                    V_CHANGED => (CHANGED, None),
+                    V_UNCHANGED => (UNCHANGED, None),
+                    r => (INVALID, Some(REASONS[usize::from(r - V_INVALID)])),
                 };
                 kinds.append_value(kind);
                 reasons.append_option(reason);
@@ -818,12 +857,4 @@ fn state_column(mut b: StringBuilder, built: bool, rows: usize) -> ArrayRef {
     } else {
         new_null_array(&DataType::Utf8, rows)
     }
-}
-
-/// Whether model row `i`'s hash equals the state row's at `at` (a null on either side
-/// never equals, as in SQL).
-fn same_hash(m: &FixedSizeBinaryArray, i: usize, state: &[StateBatch], at: u64) -> bool {
-    let (b, j) = unplace(at);
-    let s = &state[b].hashes;
-    m.is_valid(i) && s.is_valid(j) && m.value(i) == s.value(j)
 }
