@@ -14,6 +14,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU8, AtomicU64};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
@@ -372,9 +374,10 @@ fn invalid(reason: &str) -> u8 {
 
 /// What the join found for each model row, by batch and row.
 struct Matches {
-    /// The state row with the same identifier, or NONE.
-    state: Vec<Vec<u64>>,
-    verdict: Vec<Vec<u8>>,
+    /// The state row with the same identifier, or NONE. Atomic so that the join's threads
+    /// write their rows' places directly (relaxed stores: plain stores on x86-64 and ARM).
+    state: Vec<Vec<AtomicU64>>,
+    verdict: Vec<Vec<AtomicU8>>,
     /// Further (state row, verdict) of identifiers the state holds more than once (a state
     /// should have none), by model row.
     more: HashMap<u64, Vec<(u64, u8)>>,
@@ -443,24 +446,21 @@ impl Part {
     }
 }
 
-/// What joining some partitions found, by row place.
+/// What joining some partitions found besides each model row's first match and verdict.
 #[derive(Default)]
 struct Found {
-    /// (model row, its state row or NONE, verdict): one per model row with an identifier,
-    /// and one more per further state row with the same identifier.
-    rows: Vec<(u64, u64, u8)>,
+    /// (model row, state row, verdict) of further state rows with a model row's identifier.
+    more: Vec<(u64, u64, u8)>,
     /// State rows whose identifier no model row has.
     deleted: Vec<u64>,
 }
 
 /// Joins model and state partitions pairwise: counts each model identifier, finds its
-/// state rows and gives each model row its verdict. Identifiers are compared whole
+/// state rows and gives each model row its verdict in `m` (each model row is in one
+/// partition, so threads never write the same place). Identifiers are compared whole
 /// after their hashes.
-fn join_parts(key: Key, model_parts: &[Part], state_parts: &[Part]) -> Found {
-    let mut found = Found {
-        rows: Vec::with_capacity(model_parts.iter().map(|p| p.rows.len()).sum()),
-        deleted: Vec::new(),
-    };
+fn join_parts(key: Key, model_parts: &[Part], state_parts: &[Part], m: &Matches) -> Found {
+    let mut found = Found::default();
     // State rows by hash (index into the partition); model identifiers (index of their
     // first row, count) and each model row's identifier.
     let mut states: HashTable<u32> = HashTable::new();
@@ -509,17 +509,22 @@ fn join_parts(key: Key, model_parts: &[Part], state_parts: &[Part]) -> Found {
                 }
                 (None, Some(_)) => V_CHANGED,
             };
-            let before = found.rows.len();
+            let (b, r) = unplace(at);
+            let mut first = (NONE, verdict(None));
             for &j in states.iter_hash(h) {
                 let (sh, sat) = sp.rows[j as usize];
                 if sh == h && sp.key(j as usize) == id {
                     claimed[j as usize] = true;
-                    found.rows.push((at, sat, verdict(Some(j as usize))));
+                    let v = verdict(Some(j as usize));
+                    if first.0 == NONE {
+                        first = (sat, v);
+                    } else {
+                        found.more.push((at, sat, v));
+                    }
                 }
             }
-            if found.rows.len() == before {
-                found.rows.push((at, NONE, verdict(None)));
-            }
+            m.state[b][r].store(first.0, Relaxed);
+            m.verdict[b][r].store(first.1, Relaxed);
         }
         found.deleted.extend(
             sp.rows
@@ -660,12 +665,16 @@ impl Job {
             state: self
                 .model
                 .iter()
-                .map(|mb| vec![NONE; mb.ids.len()])
+                .map(|mb| (0..mb.ids.len()).map(|_| AtomicU64::new(NONE)).collect())
                 .collect(),
             verdict: self
                 .model
                 .iter()
-                .map(|mb| vec![invalid(identity::REASON_EMPTY); mb.ids.len()])
+                .map(|mb| {
+                    (0..mb.ids.len())
+                        .map(|_| AtomicU8::new(invalid(identity::REASON_EMPTY)))
+                        .collect()
+                })
                 .collect(),
             more: HashMap::new(),
             deleted: Vec::new(),
@@ -679,7 +688,7 @@ impl Job {
             let running: Vec<_> = model_parts
                 .chunks(per)
                 .zip(state_parts.chunks(per))
-                .map(|(mp, sp)| scope.spawn(move || join_parts(key, mp, sp)))
+                .map(|(mp, sp)| scope.spawn(|| join_parts(key, mp, sp, &m)))
                 .collect();
             running
                 .into_iter()
@@ -691,15 +700,8 @@ impl Job {
         let time = self.phase[3].clone();
         let _timer = time.timer();
         for f in found {
-            for (at, sat, v) in f.rows {
-                let (b, r) = unplace(at);
-                // The first row of a model row (matched or not), then any further matches.
-                if m.state[b][r] == NONE {
-                    m.state[b][r] = sat;
-                    m.verdict[b][r] = v;
-                } else {
-                    m.more.entry(at).or_default().push((sat, v));
-                }
+            for (at, sat, v) in f.more {
+                m.more.entry(at).or_default().push((sat, v));
             }
             m.deleted.extend(f.deleted);
         }
@@ -727,7 +729,7 @@ impl Job {
             .is_none_or(|p| p.contains(&5) || p.contains(&6));
         let (states, verdicts) = (&m.state[b], &m.verdict[b]);
         for i in 0..rows {
-            let first = (states[i], verdicts[i]);
+            let first = (states[i].load(Relaxed), verdicts[i].load(Relaxed));
             let more = match first.0 {
                 NONE => &none,
                 _ => m.more.get(&place(b, i)).unwrap_or(&none),
@@ -856,5 +858,123 @@ fn state_column(mut b: StringBuilder, built: bool, rows: usize) -> ArrayRef {
         Arc::new(b.finish())
     } else {
         new_null_array(&DataType::Utf8, rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::FixedSizeBinaryBuilder;
+
+    fn hashes(values: &[Option<u8>]) -> FixedSizeBinaryArray {
+        let mut b = FixedSizeBinaryBuilder::new(16);
+        for v in values {
+            match v {
+                Some(v) => b.append_value([*v; 16]).expect("16 bytes"),
+                None => b.append_null(),
+            }
+        }
+        b.finish()
+    }
+
+    fn parts(ids: &[Option<&str>], row_hashes: &[Option<u8>]) -> (Strings, Vec<Part>) {
+        let ids: ArrayRef = Arc::new(StringArray::from(ids.to_vec()));
+        let ids = Strings::new(&ids).expect("strings");
+        let mut parts: Vec<Part> = (0..PARTS).map(|_| Part::default()).collect();
+        scatter(&ids, &hashes(row_hashes), 0, &mut parts);
+        (ids, parts)
+    }
+
+    #[test]
+    fn the_join_gives_every_model_row_one_verdict() {
+        let (_, model) = parts(
+            &[
+                Some("same@x.se"),
+                Some("changed@x.se"),
+                Some("new@x.se"),
+                Some("twice@x.se"),
+                Some("twice@x.se"),
+                Some("no-at-sign"),
+                None,
+                Some("null-hash@x.se"),
+                Some("repeated@x.se"),
+            ],
+            &[
+                Some(1),
+                Some(2),
+                Some(3),
+                Some(4),
+                Some(4),
+                Some(5),
+                Some(6),
+                None,
+                Some(7),
+            ],
+        );
+        let (_, state) = parts(
+            &[
+                Some("same@x.se"),
+                Some("changed@x.se"),
+                Some("twice@x.se"),
+                Some("gone@x.se"),
+                Some("null-hash@x.se"),
+                Some("repeated@x.se"),
+                Some("repeated@x.se"),
+            ],
+            &[Some(1), Some(9), Some(4), Some(1), None, Some(7), Some(8)],
+        );
+        let m = Matches {
+            state: vec![(0..9).map(|_| AtomicU64::new(NONE)).collect()],
+            verdict: vec![
+                (0..9)
+                    .map(|_| AtomicU8::new(invalid(identity::REASON_EMPTY)))
+                    .collect(),
+            ],
+            more: HashMap::new(),
+            deleted: Vec::new(),
+        };
+        // One thread, then the partitions split over three: the same answer.
+        for threads in [1, 3] {
+            let per = PARTS.div_ceil(threads);
+            let found: Vec<Found> = model
+                .chunks(per)
+                .zip(state.chunks(per))
+                .map(|(mp, sp)| join_parts(Key::Email, mp, sp, &m))
+                .collect();
+            let verdicts: Vec<u8> = m.verdict[0].iter().map(|v| v.load(Relaxed)).collect();
+            let states: Vec<u64> = m.state[0].iter().map(|v| v.load(Relaxed)).collect();
+            let dup = invalid(identity::REASON_DUPLICATE);
+            let email = invalid(identity::REASON_EMAIL);
+            let empty = invalid(identity::REASON_EMPTY);
+            // "repeated" matches two state rows, hashes 7 (unchanged) and 8 (changed).
+            let (first, second) = if states[8] == place(0, 5) {
+                (V_UNCHANGED, (place(0, 6), V_CHANGED))
+            } else {
+                (V_CHANGED, (place(0, 5), V_UNCHANGED))
+            };
+            assert_eq!(
+                verdicts,
+                [
+                    V_UNCHANGED,
+                    V_CHANGED,
+                    V_NEW,
+                    dup,
+                    dup,
+                    email,
+                    empty,
+                    V_CHANGED,
+                    first
+                ]
+            );
+            assert_eq!(&states[..3], &[place(0, 0), place(0, 1), NONE]);
+            // Both duplicates keep the state row, so it is not deleted.
+            assert_eq!(states[3], place(0, 2));
+            assert_eq!(states[4], place(0, 2));
+            let more: Vec<(u64, u64, u8)> = found.iter().flat_map(|f| f.more.clone()).collect();
+            let deleted: Vec<u64> = found.iter().flat_map(|f| f.deleted.clone()).collect();
+            // The state holds "repeated" twice: the second row comes out too.
+            assert_eq!(more, [(place(0, 8), second.0, second.1)]);
+            assert_eq!(deleted, [place(0, 3)]);
+        }
     }
 }

@@ -484,9 +484,8 @@ impl Tally {
     pub fn add(&mut self, batch: &RecordBatch) -> Result<StringArray> {
         let col = |name: &str| string_column(batch, name);
         let kinds = col(KIND)?;
-        let ids = col(state::IDENTIFIER)?;
-        let raws = col(RAW_IDENTIFIER)?;
-        let reasons = col(REASON)?;
+        // Identifiers and reasons are read only for samples: casting them costs a copy.
+        let mut sampled = None;
         for i in 0..batch.num_rows() {
             let kind = kinds.value(i);
             let c = &mut self.summary.counts;
@@ -503,6 +502,14 @@ impl Tally {
             }
             let samples = self.summary.samples.entry(kind.to_string()).or_default();
             if samples.len() < SAMPLES_PER_KIND {
+                let (ids, raws, reasons) = match sampled {
+                    Some(ref s) => s,
+                    None => sampled.insert((
+                        col(state::IDENTIFIER)?,
+                        col(RAW_IDENTIFIER)?,
+                        col(REASON)?,
+                    )),
+                };
                 let (identifier, reason) = if kind == INVALID {
                     (
                         raws.is_valid(i).then(|| raws.value(i).to_string()),
