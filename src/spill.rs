@@ -197,6 +197,15 @@ fn plain(t: &DataType) -> DataType {
     }
 }
 
+/// The bytes of spilled files (Arrow IPC: about their size in memory).
+pub fn bytes(paths: &[PathBuf]) -> u64 {
+    paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Reads one bucket's files as a frame.
 pub async fn read(ctx: &SessionContext, paths: &[PathBuf]) -> datafusion::error::Result<DataFrame> {
     ctx.read_arrow(

@@ -44,8 +44,13 @@ pub const UNCHANGED: &str = "unchanged";
 pub const DELETED: &str = "deleted";
 pub const INVALID: &str = "invalid";
 
-/// Bytes of join state per snapshot identifier, for choosing the number of buckets.
-const BYTES_PER_STATE_ROW: u64 = 160;
+/// Bytes held per snapshot identifier by a bucket's classification (its compact state row,
+/// its model row's identifiers and hash, both partitioned copies), for choosing the number
+/// of buckets.
+const BYTES_PER_STATE_ROW: u64 = 320;
+/// Buckets per model slice: a slice's rows with their values must fit a bucket's share of
+/// the pool.
+const BUCKETS_PER_SLICE: u32 = 4;
 const SAMPLES_PER_KIND: usize = 5;
 /// Each bucket is a file per partition while the model's rows are routed: beyond this,
 /// open files and write buffers cost more than smaller buckets save.
@@ -164,8 +169,11 @@ pub async fn plan(
         let budget = settings.limits.memory_limit_mb * 1024 * 1024 / 4;
         ((state_rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)) as u32).min(MAX_AUTO_BUCKETS)
     }
-    .max(settings.slices.count)
-    .max(1);
+    .max(if settings.slices.count > 1 {
+        (settings.slices.count * BUCKETS_PER_SLICE).min(MAX_AUTO_BUCKETS.max(settings.slices.count))
+    } else {
+        1
+    });
     let values = if wide {
         rules
             .attr_cols
@@ -211,17 +219,34 @@ pub async fn plan(
             .map_err(fail("state"))?;
         let (_, snap_paths) =
             spill::split(snap, dir.path(), "state", buckets, "reading the state").await?;
-        for (m, s) in model_paths.iter().zip(&snap_paths) {
+        let pool = settings.limits.memory_limit_mb * 1024 * 1024;
+        for (b, (m, s)) in model_paths.iter().zip(&snap_paths).enumerate() {
             let model = spill::read(ctx, m).await.map_err(fail("model"))?;
             let snap = spill::read(ctx, s).await.map_err(fail("state"))?;
-            frames.push(classified(
-                ctx,
-                model,
-                snap,
-                settings,
-                wide,
-                state_rows / u64::from(buckets),
-            )?);
+            let rows = state_rows / u64::from(buckets);
+            // ClassifyExec holds the bucket's model rows; when they would not fit half the
+            // pool (wide rows, few buckets), the SQL join streams them instead.
+            let held = spill::bytes(m) + spill::bytes(s) + rows * BYTES_PER_STATE_ROW;
+            if held <= pool / 2 {
+                frames.push(classified(ctx, model, snap, settings, wide, rows)?);
+                continue;
+            }
+            tracing::debug!(
+                bucket = b,
+                held,
+                "bucket classified by the streaming SQL join"
+            );
+            let (mv, sv) = (format!("__vs_model_{b}"), format!("__vs_snap_{b}"));
+            ctx.register_table(mv.as_str(), model.into_view())
+                .map_err(fail("model"))?;
+            ctx.register_table(sv.as_str(), snap.into_view())
+                .map_err(fail("state"))?;
+            let valid = rules.checked(&mv);
+            frames.push(
+                ctx.sql(&rules.compare(&format!("SELECT * FROM {sv}"), &valid, &values))
+                    .await
+                    .map_err(fail("change detection"))?,
+            );
         }
         return Ok(ChangeSet {
             buckets: frames,
