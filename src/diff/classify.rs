@@ -27,6 +27,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::utils::memory::get_record_batch_memory_size;
 use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
@@ -632,7 +633,7 @@ impl Job {
         };
         scatter(&ids, hashes, self.model.len(), &mut self.model_parts);
         // Places, and later a match and a verdict per row.
-        let bytes = batch.get_array_memory_size() + ids.len() * 74;
+        let bytes = get_record_batch_memory_size(&batch) + ids.len() * 74;
         self.model.push(ModelBatch { batch, ids });
         self.charge(bytes)
     }
@@ -651,7 +652,7 @@ impl Job {
             statuses: Strings::new(batch.column(c.s_status))?,
         };
         scatter(&sb.ids, hashes, self.state.len(), &mut self.state_parts);
-        let bytes = batch.get_array_memory_size() + sb.ids.len() * 65;
+        let bytes = get_record_batch_memory_size(&batch) + sb.ids.len() * 65;
         self.state.push(sb);
         self.charge(bytes)
     }
