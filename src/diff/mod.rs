@@ -1,13 +1,16 @@
 //! Change detection: which valid model rows are new, changed, unchanged or deleted since the
-//! last successful sync, computed by DataFusion joins on the normalised identifier.
+//! last successful sync, by joining the model's rows with the state on the normalised
+//! identifier.
 //!
 //! The join compares a compact view of the state (identifier, row hash, contactId, status)
 //! with the model's rows and their freshly computed row hash, so memory grows with the
-//! number of identifiers, not with the width of the rows. When the state is too large for
-//! the memory budget, or the model runs in slices, the model's rows and the compact state
-//! are routed once into per-bucket temporary files by identifier (`voyado_bucket`, see
-//! [`crate::spill`]) and each bucket's duplicate check and join run on its own files; under
-//! Ballista each bucket is a filtered query instead.
+//! number of identifiers, not with the width of the rows. On the local engine the duplicate
+//! check and the join are one operator ([`classify`]); under Ballista, and for a bucket too
+//! large to hold, they are SQL (a grouped count joined back, then a full outer join). When
+//! the state is too large for the memory budget, or the model runs in slices, the model's
+//! rows and the compact state are routed once into per-bucket temporary files by identifier
+//! (`voyado_bucket`, see [`crate::spill`]) and each bucket is classified on its own files;
+//! under Ballista each bucket is a filtered query instead.
 
 mod classify;
 pub mod row_hash;
