@@ -2,14 +2,16 @@
 //!
 //! In SQL this is a grouped count of identifiers joined back to every row, then a full outer
 //! join with the state: three hash tables, each input repartitioned by identifier, and each
-//! stage waiting for the one below. Here one hash table keyed by identifier takes the
-//! state's rows and the model's rows as they stream in, side by side, counting the model's
-//! rows per identifier; once both inputs end, each buffered model row is classified by its
-//! table entry and the state rows that no model row claimed come out as deletions.
+//! stage waiting for the one below. Here both inputs are read side by side as they stream
+//! in: each row's identifier goes, with its hash, row hash and bytes, to one of 256
+//! partitions by the top bits of its hash. Once both inputs end, the partitions are joined
+//! on the session's threads (each partition's tables fit the CPU caches): model rows are
+//! counted per identifier and matched with state rows, and each model row gets its verdict;
+//! state rows that no model row claimed come out as deletions.
 //!
-//! The model's rows are buffered until both inputs end, because the last row may turn the
-//! first into a duplicate; they are charged to the session's memory pool. A bucketed diff
-//! runs one operator per bucket. Under Ballista the SQL form in `Rules` runs instead.
+//! The model's rows are held until both inputs end, because the last row may turn the first
+//! into a duplicate; they are charged to the session's memory pool. A bucketed diff runs
+//! one operator per bucket. Under Ballista the SQL form in `Rules` runs instead.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -59,6 +61,10 @@ const S_ID: &str = "__s_id";
 const S_HASH: &str = "__s_hash";
 const S_CONTACT_ID: &str = "__s_contact_id";
 const S_STATUS: &str = "__s_status";
+/// Output columns filled from the state's rows (by index in the full output schema).
+const COL_IDENTIFIER: usize = 1;
+const COL_CONTACT_ID: usize = 5;
+const COL_PREV_STATUS: usize = 6;
 /// Rows per output batch of deletions.
 const DELETED_BATCH: usize = 8192;
 /// A state row's place: batch in the high 32 bits, row in the low 32; NONE for no row.
@@ -682,7 +688,9 @@ impl Job {
         };
         let model_parts = std::mem::take(&mut self.model_parts);
         let state_parts = std::mem::take(&mut self.state_parts);
-        // Partitions are independent: split them over the session's threads.
+        // Partitions are independent: split them over the session's threads. (Scoped OS
+        // threads: this runs once both inputs have ended, so the runtime has nothing else
+        // of this plan to run meanwhile.)
         let per = PARTS.div_ceil(self.threads.clamp(1, PARTS));
         let key = self.key;
         let found: Vec<Found> = std::thread::scope(|scope| {
@@ -727,7 +735,7 @@ impl Job {
         let with_state = self
             .projection
             .as_ref()
-            .is_none_or(|p| p.contains(&5) || p.contains(&6));
+            .is_none_or(|p| p.contains(&COL_CONTACT_ID) || p.contains(&COL_PREV_STATUS));
         let (states, verdicts) = (&m.state[b], &m.verdict[b]);
         for i in 0..rows {
             let first = (states[i].load(Relaxed), verdicts[i].load(Relaxed));
@@ -803,9 +811,9 @@ impl Job {
                     (0..n).for_each(|_| k.append_value(DELETED));
                     Arc::new(k.finish()) as ArrayRef
                 }
-                1 => cast(&strings(&|s| &s.ids), f.data_type())?,
-                5 => strings(&|s| &s.contact_ids),
-                6 => strings(&|s| &s.statuses),
+                COL_IDENTIFIER => cast(&strings(&|s| &s.ids), f.data_type())?,
+                COL_CONTACT_ID => strings(&|s| &s.contact_ids),
+                COL_PREV_STATUS => strings(&|s| &s.statuses),
                 _ => new_null_array(f.data_type(), n),
             });
         }
