@@ -151,35 +151,37 @@ fn to_error(e: EmulatorError) -> Error {
     }
 }
 
-/// Waits for Ctrl-C or, on Unix, SIGTERM.
-async fn stop_signal() {
+/// Ctrl-C or, on Unix, SIGTERM. On Unix the handlers are installed when this is called,
+/// not when the future is first polled: a signal sent as soon as the base URL is printed
+/// would otherwise kill the process before it dumps.
+fn stop_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            return Box::pin(async move {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = int.recv() => {}
                     _ = term.recv() => {}
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            });
         }
     }
-    #[cfg(not(unix))]
-    {
+    Box::pin(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 /// Runs the emulator until Ctrl-C or SIGTERM. Prints its base URL as the first stdout line.
 pub async fn run_cli(args: EmulatorArgs) -> Result<u8, Error> {
     let config = args.into_config().map_err(to_error)?;
     let emulator = Emulator::start(config).await.map_err(to_error)?;
+    let stop = stop_signal();
     println!("{}", emulator.base_url());
-    stop_signal().await;
+    stop.await;
     let dump = emulator.shutdown().await.map_err(to_error)?;
     eprintln!(
         "emulator stopped: {} contacts, {} requests, {} violations",
