@@ -36,5 +36,6 @@ pub mod runner;
 pub mod sink;
 pub mod spill;
 pub mod state;
+pub mod strings;
 
 pub use error::{Error, Result};

@@ -21,8 +21,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, FixedSizeBinaryArray, StringArray, StringBuilder,
-    StringViewArray, UInt32Array, new_null_array,
+    Array, ArrayBuilder, ArrayRef, FixedSizeBinaryArray, StringBuilder, UInt32Array, new_null_array,
 };
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -55,6 +54,7 @@ use super::{
 use crate::config::Key;
 use crate::identity;
 use crate::state;
+use crate::strings::Strings;
 
 /// Compact state columns, as `compact` in the diff names them.
 const S_ID: &str = "__s_id";
@@ -325,41 +325,6 @@ struct StateBatch {
     ids: Strings,
     contact_ids: Strings,
     statuses: Strings,
-}
-
-/// A string column of any of Arrow's string layouts.
-enum Strings {
-    Utf8(StringArray),
-    View(StringViewArray),
-    Null(usize),
-}
-
-impl Strings {
-    fn new(a: &ArrayRef) -> Result<Self> {
-        Ok(match a.data_type() {
-            DataType::Utf8View => Strings::View(a.as_string_view().clone()),
-            DataType::Null => Strings::Null(a.len()),
-            DataType::Utf8 => Strings::Utf8(a.as_string::<i32>().clone()),
-            _ => Strings::Utf8(cast(a, &DataType::Utf8)?.as_string::<i32>().clone()),
-        })
-    }
-
-    #[inline]
-    fn get(&self, i: usize) -> Option<&str> {
-        match self {
-            Strings::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
-            Strings::View(a) => a.is_valid(i).then(|| a.value(i)),
-            Strings::Null(_) => None,
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Strings::Utf8(a) => a.len(),
-            Strings::View(a) => a.len(),
-            Strings::Null(n) => *n,
-        }
-    }
 }
 
 /// Verdicts: the kind of a model row, and for invalid rows why.
@@ -701,9 +666,10 @@ impl Job {
                 .collect();
             running
                 .into_iter()
-                .map(|t| t.join().expect("a join thread panicked"))
-                .collect()
-        });
+                .map(|t| t.join())
+                .collect::<std::result::Result<_, _>>()
+        })
+        .map_err(|_| DataFusionError::Internal("a change detection thread panicked".into()))?;
         drop((model_parts, state_parts));
         timer.done();
         let time = self.phase[3].clone();
@@ -873,7 +839,7 @@ fn state_column(mut b: StringBuilder, built: bool, rows: usize) -> ArrayRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::FixedSizeBinaryBuilder;
+    use datafusion::arrow::array::{FixedSizeBinaryBuilder, StringArray};
 
     fn hashes(values: &[Option<u8>]) -> FixedSizeBinaryArray {
         let mut b = FixedSizeBinaryBuilder::new(16);

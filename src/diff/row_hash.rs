@@ -22,12 +22,11 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, FixedSizeBinaryBuilder, StringArray, StringViewArray,
-};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, FixedSizeBinaryBuilder};
 use datafusion::arrow::datatypes::*;
 use datafusion::common::{Result, ScalarValue, exec_err};
+
+use crate::strings::Strings;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
@@ -82,9 +81,7 @@ type WriteText<'a> = Box<dyn Fn(usize, &mut Vec<u8>) + 'a>;
 /// Writes one column's values in the canonical encoding. Built once per batch and column so
 /// the per-row work is a typed array access, not a type dispatch.
 pub enum ValueEncoder<'a> {
-    Str(StringArray),
-    /// Read in place: casting views to plain strings copies every value.
-    View(&'a StringViewArray),
+    Str(Strings),
     Int(Box<dyn Fn(usize) -> i128 + 'a>, &'a dyn Array),
     Float(Box<dyn Fn(usize) -> f64 + 'a>, &'a dyn Array),
     /// Writes the decimal text at the column's scale, as Arrow's cast to string does.
@@ -100,9 +97,7 @@ impl<'a> ValueEncoder<'a> {
         use DataType::*;
         let a = array.as_ref();
         Ok(match array.data_type() {
-            Utf8 => ValueEncoder::Str(a.as_string::<i32>().clone()),
-            Utf8View => ValueEncoder::View(a.as_string_view()),
-            LargeUtf8 => ValueEncoder::Str(cast(array, &Utf8)?.as_string::<i32>().clone()),
+            Utf8 | LargeUtf8 | Utf8View => ValueEncoder::Str(Strings::new(array)?),
             Int8 => int(a.as_primitive::<Int8Type>(), a),
             Int16 => int(a.as_primitive::<Int16Type>(), a),
             Int32 => int(a.as_primitive::<Int32Type>(), a),
@@ -198,8 +193,7 @@ impl<'a> ValueEncoder<'a> {
             put(out, b's', v.as_bytes())
         }
         match self {
-            ValueEncoder::Str(s) => s.is_valid(i) && put_str(out, s.value(i)),
-            ValueEncoder::View(s) => s.is_valid(i) && put_str(out, s.value(i)),
+            ValueEncoder::Str(s) => s.get(i).is_some_and(|v| put_str(out, v)),
             ValueEncoder::Int(f, a) => !a.is_null(i) && put(out, b'i', &f(i).to_le_bytes()),
             ValueEncoder::Float(f, a) => {
                 if a.is_null(i) {
@@ -398,7 +392,10 @@ mod tests {
     use datafusion::arrow::array::{Int64Array, StringArray};
 
     fn hash(city: Option<&str>, n: Option<i64>) -> String {
-        let city: ArrayRef = Arc::new(StringArray::from(vec![city]));
+        hash_of(Arc::new(StringArray::from(vec![city])), n)
+    }
+
+    fn hash_of(city: ArrayRef, n: Option<i64>) -> String {
         let n: ArrayRef = Arc::new(Int64Array::from(vec![n]));
         let udf = ScalarUDF::from(HashUdf {
             name: ROW_HASH,
@@ -431,6 +428,27 @@ mod tests {
     }
 
     #[test]
+    fn string_views_and_large_strings_hash_like_plain_strings() {
+        use datafusion::arrow::array::{LargeStringArray, StringViewArray};
+        for city in [
+            Some("Lund"),
+            Some("a city name longer than twelve bytes"),
+            Some(" "),
+            None,
+        ] {
+            let want = hash(city, Some(7));
+            assert_eq!(
+                hash_of(Arc::new(StringViewArray::from(vec![city])), Some(7)),
+                want
+            );
+            assert_eq!(
+                hash_of(Arc::new(LargeStringArray::from(vec![city])), Some(7)),
+                want
+            );
+        }
+    }
+
+    #[test]
     fn decimal_text_is_arrows_cast_to_string() {
         use datafusion::arrow::array::Decimal128Array;
         let values: Vec<i128> = [
@@ -455,7 +473,7 @@ mod tests {
             let array = Decimal128Array::from(values.clone())
                 .with_precision_and_scale(precision, scale)
                 .unwrap();
-            let text = cast(&array, &DataType::Utf8).unwrap();
+            let text = datafusion::arrow::compute::cast(&array, &DataType::Utf8).unwrap();
             let text = text.as_string::<i32>();
             for (i, v) in values.iter().enumerate() {
                 let mut out = Vec::new();

@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringBuilder, UInt32Builder};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{ArrayRef, StringBuilder, UInt32Builder};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{
@@ -12,6 +11,7 @@ use datafusion::logical_expr::{
 
 use super::{bucket, normalize_into, problem, shard};
 use crate::config::Key;
+use crate::strings::Strings;
 
 pub const NORMALIZE: &str = "voyado_normalize_id";
 pub const PROBLEM: &str = "voyado_id_problem";
@@ -43,15 +43,6 @@ impl IdUdf {
             signature: Signature::any(2, Volatility::Immutable),
         }
     }
-}
-
-/// Casts any string-like (or integer) array to a plain Utf8 array.
-pub(crate) fn to_utf8(array: &ArrayRef) -> Result<ArrayRef> {
-    Ok(if array.data_type() == &DataType::Utf8 {
-        Arc::clone(array)
-    } else {
-        cast(array, &DataType::Utf8)?
-    })
 }
 
 fn scalar_string(v: &ColumnarValue, what: &str) -> Result<String> {
@@ -126,12 +117,8 @@ impl ScalarUDFImpl for IdUdf {
     }
 }
 
-/// Calls `f` with each value of a string-like (or integer) array, reading plain strings
-/// and views in place.
+/// Calls `f` with each value of a string-like (or integer) array, read in place.
 fn each_str(array: &ArrayRef, f: impl FnMut(Option<&str>)) -> Result<()> {
-    match array.data_type() {
-        DataType::Utf8View => array.as_string_view().iter().for_each(f),
-        _ => to_utf8(array)?.as_string::<i32>().iter().for_each(f),
-    }
+    Strings::new(array)?.iter().for_each(f);
     Ok(())
 }

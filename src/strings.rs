@@ -1,0 +1,79 @@
+//! String columns of any Arrow layout, read in place: casting views (what DataFusion reads
+//! Parquet strings as) to plain strings copies every value.
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringViewArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Result;
+
+/// A string column: plain strings and views as they are, a null column as its length, any
+/// other type (large strings, integers) cast to plain strings.
+pub enum Strings {
+    Utf8(StringArray),
+    View(StringViewArray),
+    Null(usize),
+}
+
+impl Strings {
+    pub fn new(a: &ArrayRef) -> Result<Self> {
+        Ok(match a.data_type() {
+            DataType::Utf8View => Strings::View(a.as_string_view().clone()),
+            DataType::Null => Strings::Null(a.len()),
+            DataType::Utf8 => Strings::Utf8(a.as_string::<i32>().clone()),
+            _ => Strings::Utf8(cast(a, &DataType::Utf8)?.as_string::<i32>().clone()),
+        })
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&str> {
+        match self {
+            Strings::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
+            Strings::View(a) => a.is_valid(i).then(|| a.value(i)),
+            Strings::Null(_) => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Strings::Utf8(a) => a.len(),
+            Strings::View(a) => a.len(),
+            Strings::Null(n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Option<&str>> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, LargeStringArray, NullArray};
+
+    #[test]
+    fn every_layout_reads_the_same_values() {
+        let values = vec![Some("a"), None, Some("a longer value than twelve bytes")];
+        let plain: ArrayRef = Arc::new(StringArray::from(values.clone()));
+        let view: ArrayRef = Arc::new(StringViewArray::from(values.clone()));
+        let large: ArrayRef = Arc::new(LargeStringArray::from(values.clone()));
+        for a in [plain, view, large] {
+            let s = Strings::new(&a).unwrap();
+            assert_eq!(s.iter().collect::<Vec<_>>(), values, "{}", a.data_type());
+        }
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![Some(7), None]));
+        let s = Strings::new(&ints).unwrap();
+        assert_eq!(s.iter().collect::<Vec<_>>(), [Some("7"), None]);
+        let nulls: ArrayRef = Arc::new(NullArray::new(2));
+        assert_eq!(
+            Strings::new(&nulls).unwrap().iter().collect::<Vec<_>>(),
+            [None, None]
+        );
+    }
+}
