@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use object_store::ObjectStore;
 
@@ -12,6 +15,7 @@ use crate::error::{Error, Result, df_message};
 
 #[cfg(feature = "ballista")]
 pub mod ballista;
+pub mod build_side;
 
 /// A session bounded by `memory_limit_mb`, with the crate's functions registered; with
 /// `[engine] kind = "ballista"`, one whose queries run on the cluster.
@@ -20,7 +24,13 @@ pub fn session(settings: &Settings) -> Result<SessionContext> {
     match &settings.engine {
         Engine::Local => {
             let config = tune(SessionConfig::new(), settings)?;
-            let ctx = SessionContext::new_with_config_rt(config, runtime);
+            let state = SessionStateBuilder::new()
+                .with_config(config)
+                .with_runtime_env(runtime)
+                .with_default_features()
+                .with_physical_optimizer_rules(physical_rules())
+                .build();
+            let ctx = SessionContext::new_with_state(state);
             register_functions(&ctx);
             Ok(ctx)
         }
@@ -31,6 +41,18 @@ pub fn session(settings: &Settings) -> Result<SessionContext> {
             "[engine] kind = \"ballista\": this voyado-sync was built without the `ballista` feature (build it with --features ballista)",
         )),
     }
+}
+
+/// DataFusion's physical optimizer rules with [`build_side::BuildOnUniqueSide`] right
+/// after the rule it refines.
+fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    let mut rules = PhysicalOptimizer::new().rules;
+    let at = rules
+        .iter()
+        .position(|r| r.name() == build_side::AFTER)
+        .map_or(rules.len(), |i| i + 1);
+    rules.insert(at, Arc::new(build_side::BuildOnUniqueSide));
+    rules
 }
 
 fn runtime(settings: &Settings) -> Result<Arc<RuntimeEnv>> {
