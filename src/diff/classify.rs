@@ -25,14 +25,15 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Column;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::utils::memory::get_record_batch_memory_size;
 use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
-use datafusion::logical_expr::{Expr, LogicalPlan, TableType};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableType};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
@@ -65,6 +66,8 @@ const S_STATUS: &str = "__s_status";
 const COL_IDENTIFIER: usize = 1;
 const COL_CONTACT_ID: usize = 5;
 const COL_PREV_STATUS: usize = 6;
+/// Output columns before the values.
+const FIXED_COLUMNS: usize = 8;
 /// Rows per output batch of deletions.
 const DELETED_BATCH: usize = 8192;
 /// A state row's place: batch in the high 32 bits, row in the low 32; NONE for no row.
@@ -144,7 +147,32 @@ impl TableProvider for Classified {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let model = session.create_physical_plan(&self.model).await?;
+        // Values not asked for (a count, a plan) are left out of the model's plan, so they
+        // are neither carried nor held: the row hash still reads them below.
+        let wanted = |i: usize| projection.is_none_or(|p| p.contains(&(FIXED_COLUMNS + i)));
+        let model = if (0..self.values.len()).all(wanted) {
+            self.model.clone()
+        } else {
+            let kept = [
+                RAW_IDENTIFIER,
+                state::IDENTIFIER,
+                KNOWN_CONTACT_ID,
+                state::ROW_HASH,
+            ]
+            .into_iter()
+            .chain(
+                self.values
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| wanted(*i))
+                    .map(|(_, v)| v.as_str()),
+            )
+            .map(|c| Expr::Column(Column::from_name(c)));
+            LogicalPlanBuilder::from(self.model.clone())
+                .project(kept)?
+                .build()?
+        };
+        let model = session.create_physical_plan(&model).await?;
         let state = session.create_physical_plan(&self.state).await?;
         ClassifyExec::try_new(
             model,
@@ -166,7 +194,8 @@ struct Columns {
     ident: usize,
     known: usize,
     hash: usize,
-    values: Vec<usize>,
+    /// Each value's column, None for those the scan left out (not projected).
+    values: Vec<Option<usize>>,
     s_id: usize,
     s_hash: usize,
     s_contact_id: usize,
@@ -203,10 +232,7 @@ impl ClassifyExec {
             ident: m.index_of(state::IDENTIFIER)?,
             known: m.index_of(KNOWN_CONTACT_ID)?,
             hash: m.index_of(state::ROW_HASH)?,
-            values: values
-                .iter()
-                .map(|v| m.index_of(v))
-                .collect::<std::result::Result<_, _>>()?,
+            values: values.iter().map(|v| m.index_of(v).ok()).collect(),
             s_id: s.index_of(S_ID)?,
             s_hash: s.index_of(S_HASH)?,
             s_contact_id: s.index_of(S_CONTACT_ID)?,
@@ -216,6 +242,12 @@ impl ClassifyExec {
             Some(p) => Arc::new(full.project(p)?),
             None => Arc::clone(&full),
         };
+        for (i, v) in cols.values.iter().enumerate() {
+            let column = FIXED_COLUMNS + i;
+            if v.is_none() && projection.as_ref().is_none_or(|p| p.contains(&column)) {
+                return internal_err!("ClassifyExec: no model column for {}", full.field(column));
+            }
+        }
         let props = PlanProperties::new(
             EquivalenceProperties::new(out),
             Partitioning::UnknownPartitioning(1),
@@ -741,20 +773,28 @@ impl Job {
             })
         };
         let c = &self.cols;
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(kinds.finish()),
-            col(c.ident)?,
-            col(c.raw)?,
-            Arc::new(reasons.finish()),
-            col(c.known)?,
-            state_column(contact_ids, with_state, kinds_len),
-            state_column(statuses, with_state, kinds_len),
-            col(c.hash)?,
-        ];
-        for &v in &c.values {
-            columns.push(col(v)?);
-        }
-        self.output(columns)
+        let (mut kinds, mut reasons) = (Some(kinds), Some(reasons));
+        let (mut contact_ids, mut statuses) = (Some(contact_ids), Some(statuses));
+        self.output(kinds_len, |i| {
+            Ok(match i {
+                0 => Arc::new(kinds.take().expect("one column 0").finish()),
+                COL_IDENTIFIER => col(c.ident)?,
+                2 => col(c.raw)?,
+                3 => Arc::new(reasons.take().expect("one column 3").finish()),
+                4 => col(c.known)?,
+                COL_CONTACT_ID => {
+                    state_column(contact_ids.take().expect("one"), with_state, kinds_len)
+                }
+                COL_PREV_STATUS => {
+                    state_column(statuses.take().expect("one"), with_state, kinds_len)
+                }
+                7 => col(c.hash)?,
+                v => match c.values[v - FIXED_COLUMNS] {
+                    Some(at) => col(at)?,
+                    None => return internal_err!("ClassifyExec: value column {v} was left out"),
+                },
+            })
+        })
     }
 
     /// State rows `places` as deletions.
@@ -769,21 +809,20 @@ impl Job {
             }
             Arc::new(b.finish()) as ArrayRef
         };
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.full.fields().len());
-        for (i, f) in self.full.fields().iter().enumerate() {
-            columns.push(match i {
+        self.output(n, |i| {
+            let t = self.full.field(i).data_type();
+            Ok(match i {
                 0 => {
                     let mut k = StringBuilder::with_capacity(n, n * DELETED.len());
                     (0..n).for_each(|_| k.append_value(DELETED));
                     Arc::new(k.finish()) as ArrayRef
                 }
-                COL_IDENTIFIER => cast(&strings(&|s| &s.ids), f.data_type())?,
+                COL_IDENTIFIER => cast(&strings(&|s| &s.ids), t)?,
                 COL_CONTACT_ID => strings(&|s| &s.contact_ids),
                 COL_PREV_STATUS => strings(&|s| &s.statuses),
-                _ => new_null_array(f.data_type(), n),
-            });
-        }
-        self.output(columns)
+                _ => new_null_array(t, n),
+            })
+        })
     }
 
     fn state_str(&self, at: u64, f: impl Fn(&StateBatch) -> &Strings) -> Option<&str> {
@@ -794,11 +833,27 @@ impl Job {
         f(&self.state[b]).get(r)
     }
 
-    fn output(&self, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
-        let batch = RecordBatch::try_new(Arc::clone(&self.full), columns)?;
+    /// The output batch of the projected columns, each built by `column(index in the full
+    /// schema)` (only those: the others are never built).
+    fn output(
+        &self,
+        rows: usize,
+        mut column: impl FnMut(usize) -> Result<ArrayRef>,
+    ) -> Result<RecordBatch> {
         let batch = match &self.projection {
-            Some(p) => batch.project(p)?,
-            None => batch,
+            Some(p) => {
+                let columns = p.iter().map(|&i| column(i)).collect::<Result<Vec<_>>>()?;
+                let schema = Arc::new(self.full.project(p)?);
+                RecordBatch::try_new_with_options(
+                    schema,
+                    columns,
+                    &RecordBatchOptions::new().with_row_count(Some(rows)),
+                )?
+            }
+            None => {
+                let columns = (0..self.full.fields().len()).map(&mut column);
+                RecordBatch::try_new(Arc::clone(&self.full), columns.collect::<Result<_>>()?)?
+            }
         };
         self.metrics.record_output(batch.num_rows());
         Ok(batch)
