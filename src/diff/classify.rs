@@ -459,51 +459,85 @@ struct Found {
     deleted: Vec<u64>,
 }
 
-/// Joins model and state partitions pairwise: counts each model identifier, finds its
-/// state rows and gives each model row its verdict in `m` (each model row is in one
-/// partition, so threads never write the same place). Identifiers are compared whole
-/// after their hashes.
+/// Joins model and state partitions pairwise: finds each model row's state rows, counts
+/// each model identifier and gives each model row its verdict in `m` (each model row is in
+/// one partition, so threads never write the same place). Identifiers are compared whole
+/// after their hashes. Most model identifiers are in the state, so they are counted on
+/// their state row; only the others go through a table of their own.
 fn join_parts(key: Key, model_parts: &[Part], state_parts: &[Part], m: &Matches) -> Found {
+    /// Marks an `of_row` entry as an index into `new_counts` rather than a state row.
+    const NEW_ID: u32 = 1 << 31;
     let mut found = Found::default();
-    // State rows by hash (index into the partition); model identifiers (index of their
-    // first row, count) and each model row's identifier.
+    // State rows by hash (index into the partition); identifiers the state does not hold
+    // (index into `new_counts`: their first model row, their count).
     let mut states: HashTable<u32> = HashTable::new();
-    let mut models: HashTable<u32> = HashTable::new();
-    let mut counts: Vec<(u32, u32)> = Vec::new();
+    let mut news: HashTable<u32> = HashTable::new();
+    let mut new_counts: Vec<(u32, u32)> = Vec::new();
+    // Model rows per state row (on an identifier's first state row), and whether any model
+    // row has each state row's identifier.
+    let mut state_counts: Vec<u32> = Vec::new();
+    let mut claimed: Vec<bool> = Vec::new();
+    // Each model row's first state row, or NEW_ID | its new identifier; then (model row,
+    // state row) of further state rows with the same identifier, in model row order.
     let mut of_row: Vec<u32> = Vec::new();
+    let mut extra: Vec<(u32, u32)> = Vec::new();
     for (mp, sp) in model_parts.iter().zip(state_parts) {
         states.clear();
         for (i, &(h, _)) in sp.rows.iter().enumerate() {
             states.insert_unique(h, i as u32, |&j| sp.rows[j as usize].0);
         }
-        models.clear();
-        counts.clear();
+        news.clear();
+        new_counts.clear();
+        state_counts.clear();
+        state_counts.resize(sp.rows.len(), 0);
+        claimed.clear();
+        claimed.resize(sp.rows.len(), false);
         of_row.clear();
+        extra.clear();
         for (i, &(h, _)) in mp.rows.iter().enumerate() {
             let id = mp.key(i);
-            let first = |&e: &u32| {
-                let f = counts[e as usize].0 as usize;
+            let mut first = None;
+            for &j in states.iter_hash(h) {
+                if sp.rows[j as usize].0 == h && sp.key(j as usize) == id {
+                    claimed[j as usize] = true;
+                    match first {
+                        None => first = Some(j),
+                        Some(_) => extra.push((i as u32, j)),
+                    }
+                }
+            }
+            if let Some(j) = first {
+                state_counts[j as usize] += 1;
+                of_row.push(j);
+                continue;
+            }
+            let same = |&e: &u32| {
+                let f = new_counts[e as usize].0 as usize;
                 mp.rows[f].0 == h && mp.key(f) == id
             };
-            let e = match models.find(h, first) {
+            let e = match news.find(h, same) {
                 Some(&e) => e,
                 None => {
-                    counts.push((i as u32, 0));
-                    let e = counts.len() as u32 - 1;
-                    models.insert_unique(h, e, |&e| mp.rows[counts[e as usize].0 as usize].0);
+                    new_counts.push((i as u32, 0));
+                    let e = new_counts.len() as u32 - 1;
+                    news.insert_unique(h, e, |&e| mp.rows[new_counts[e as usize].0 as usize].0);
                     e
                 }
             };
-            counts[e as usize].1 += 1;
-            of_row.push(e);
+            new_counts[e as usize].1 += 1;
+            of_row.push(NEW_ID | e);
         }
-        let mut claimed = vec![false; sp.rows.len()];
-        for (i, &(h, at)) in mp.rows.iter().enumerate() {
+        let mut next_extra = extra.iter().peekable();
+        for (i, &(_, at)) in mp.rows.iter().enumerate() {
+            let o = of_row[i];
+            let (count, first) = if o & NEW_ID != 0 {
+                (new_counts[(o & !NEW_ID) as usize].1, None)
+            } else {
+                (state_counts[o as usize], Some(o as usize))
+            };
             let id = mp.key(i);
-            let problem = identity::problem(std::str::from_utf8(id).ok(), key);
-            let reason = problem.or_else(|| {
-                (counts[of_row[i] as usize].1 > 1).then_some(identity::REASON_DUPLICATE)
-            });
+            let reason = identity::problem(std::str::from_utf8(id).ok(), key)
+                .or_else(|| (count > 1).then_some(identity::REASON_DUPLICATE));
             // A null row hash on either side never equals, as in SQL.
             let verdict = |j: Option<usize>| match (reason, j) {
                 (Some(r), _) => invalid(r),
@@ -514,21 +548,13 @@ fn join_parts(key: Key, model_parts: &[Part], state_parts: &[Part], m: &Matches)
                 (None, Some(_)) => V_CHANGED,
             };
             let (b, r) = unplace(at);
-            let mut first = (NONE, verdict(None));
-            for &j in states.iter_hash(h) {
-                let (sh, sat) = sp.rows[j as usize];
-                if sh == h && sp.key(j as usize) == id {
-                    claimed[j as usize] = true;
-                    let v = verdict(Some(j as usize));
-                    if first.0 == NONE {
-                        first = (sat, v);
-                    } else {
-                        found.more.push((at, sat, v));
-                    }
-                }
+            let state_at = first.map_or(NONE, |j| sp.rows[j].1);
+            m.state[b][r].store(state_at, Relaxed);
+            m.verdict[b][r].store(verdict(first), Relaxed);
+            while let Some(&(_, j)) = next_extra.next_if(|(row, _)| *row as usize == i) {
+                let j = j as usize;
+                found.more.push((at, sp.rows[j].1, verdict(Some(j))));
             }
-            m.state[b][r].store(first.0, Relaxed);
-            m.verdict[b][r].store(first.1, Relaxed);
         }
         found.deleted.extend(
             sp.rows
