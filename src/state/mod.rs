@@ -47,6 +47,34 @@ const SEQ: &str = "_seq";
 
 pub const FIXED_COLUMNS: [&str; 4] = [IDENTIFIER, CONTACT_ID, STATUS, ROW_HASH];
 
+/// Rows per row group of a state file: row groups are what a scan splits between threads,
+/// and what a writer holds in memory before flushing.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// The session's Parquet options for a snapshot, with its row groups at [`ROW_GROUP_ROWS`]
+/// and no dictionary for the identifier and the row hash: their values are (nearly) all
+/// distinct, so a dictionary only adds a lookup to every read.
+fn snapshot_options(
+    session: &datafusion::common::config::ParquetOptions,
+) -> datafusion::common::config::TableParquetOptions {
+    use datafusion::common::config::{ParquetColumnOptions, TableParquetOptions};
+    let mut options = TableParquetOptions {
+        global: session.clone(),
+        ..Default::default()
+    };
+    options.global.max_row_group_size = ROW_GROUP_ROWS;
+    for column in [IDENTIFIER, ROW_HASH] {
+        options.column_specific_options.insert(
+            column.to_owned(),
+            ParquetColumnOptions {
+                dictionary_enabled: Some(false),
+                ..Default::default()
+            },
+        );
+    }
+    options
+}
+
 /// Snapshot statuses.
 pub const DELIVERED: &str = "delivered";
 pub const NOT_FOUND: &str = "not_found";
@@ -227,12 +255,15 @@ impl State {
     ) -> Result<u64> {
         use datafusion::parquet::basic::{Compression, ZstdLevel};
         use datafusion::parquet::file::properties::WriterProperties;
+        use datafusion::parquet::schema::types::ColumnPath;
         // Compressed like DataFusion's own Parquet writes: snapshots are the state's bulk.
         // The writer holds a row group in memory until it is full: 128 Ki rows rather than
         // the default 1 Mi keeps that to tens of MB for wide rows.
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
-            .set_max_row_group_row_count(Some(128 * 1024))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_column_dictionary_enabled(ColumnPath::from(IDENTIFIER), false)
+            .set_column_dictionary_enabled(ColumnPath::from(ROW_HASH), false)
             .build();
         let fail = |e: &dyn std::fmt::Display| {
             Error::Storage(format!("state: writing {rel}: {}", one_line(e)))
@@ -482,11 +513,12 @@ impl State {
         if self.client_writes {
             return self.write_in_turn(vec![df], rel).await;
         }
+        let options = snapshot_options(&df.task_ctx().session_config().options().execution.parquet);
         let out = df
             .write_parquet(
                 &self.url(rel),
                 DataFrameWriteOptions::new().with_single_file_output(true),
-                None,
+                Some(options),
             )
             .await
             .map_err(|e| Error::Storage(df_message(&format!("state: writing {rel}"), &e)))?;
