@@ -48,8 +48,8 @@ pub const DELETED: &str = "deleted";
 pub const INVALID: &str = "invalid";
 
 /// Bytes held per snapshot identifier by a bucket's classification (its compact state row,
-/// its model row's identifiers and hash, both partitioned copies), for choosing the number
-/// of buckets.
+/// its model row's identifiers and hash, both partition entries: about 270 charged to the
+/// pool at 1 M and 10 M rows), for choosing the number of buckets.
 const BYTES_PER_STATE_ROW: u64 = 320;
 /// Buckets per model slice: a slice's rows with their values must fit a bucket's share of
 /// the pool.
@@ -163,13 +163,14 @@ pub async fn plan(
         st = quote(state::STATUS),
     );
 
-    // Buckets: 1 unless the state's identifiers would not fit a quarter of the memory pool;
-    // a sliced model (too large for memory by the user's own account) gets at least as many.
+    // Buckets: 1 unless the state's identifiers would not fit half the memory pool (the
+    // model runs beside an unbucketed classification and takes the other half); a sliced
+    // model (too large for memory by the user's own account) gets at least as many.
     let state_rows = manifest.map_or(0, |m| m.snapshot_rows);
     let buckets = if settings.limits.diff_partitions > 0 {
         settings.limits.diff_partitions
     } else {
-        let budget = settings.limits.memory_limit_mb * 1024 * 1024 / 4;
+        let budget = settings.limits.memory_limit_mb * 1024 * 1024 / 2;
         ((state_rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)) as u32).min(MAX_AUTO_BUCKETS)
     }
     .max(if settings.slices.count > 1 {
