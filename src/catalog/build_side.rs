@@ -19,7 +19,10 @@
 //! - neither side has a row count (so `JoinSelection` had nothing to go by);
 //! - the right side is unique on its join keys (a grouped aggregate whose group columns
 //!   are all among the keys, through projections, filters and repartitions);
-//! - the left side is not, and its rows are wider (estimated from its schema).
+//! - the left side is not, filters or limits nothing (it could then be the smaller side),
+//!   and its rows are wider (estimated from its schema).
+//!
+//! It does nothing with `optimizer.join_reordering = false`, as `JoinSelection`.
 
 use std::sync::Arc;
 
@@ -50,8 +53,11 @@ impl PhysicalOptimizerRule for BuildOnUniqueSide {
     fn optimize(
         &self,
         plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
+        config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !config.optimizer.join_reordering {
+            return Ok(plan);
+        }
         plan.transform_up(|node| {
             let Some(join) = node.downcast_ref::<HashJoinExec>() else {
                 return Ok(Transformed::no(node));
@@ -77,9 +83,12 @@ impl PhysicalOptimizerRule for BuildOnUniqueSide {
 }
 
 fn should_swap(join: &HashJoinExec) -> Result<bool> {
+    // A plan optimised before (the inputs of `ClassifyExec`, planned on their own) may
+    // already carry dynamic filters, and a join with them cannot be swapped.
     if *join.partition_mode() != PartitionMode::Partitioned
         || !join.join_type().supports_swap()
         || join.filter().is_some()
+        || !join.dynamic_expressions_produced().is_empty()
     {
         return Ok(false);
     }
@@ -106,7 +115,15 @@ fn should_swap(join: &HashJoinExec) -> Result<bool> {
     };
     Ok(unique_on(right, &right_keys)
         && !unique_on(left, &left_keys)
+        && !filtered(left)
         && row_width(&left.schema()) > row_width(&right.schema()))
+}
+
+/// Whether `plan` filters or limits its rows anywhere: it may then be far smaller than the
+/// aggregate, which would be the worse build side (with no row counts, nothing tells).
+fn filtered(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let name = plan.name();
+    name == "FilterExec" || name.contains("Limit") || plan.children().into_iter().any(filtered)
 }
 
 /// Whether `plan` yields at most one row per value of its columns `keys`: a grouped
@@ -277,6 +294,10 @@ mod tests {
              ON o.customer_id = c.id",
             // No aggregate: nothing known about either side.
             "SELECT c.id, c.name, o.amount FROM customers c LEFT JOIN orders o ON o.customer_id = c.id",
+            // The left side is filtered: it may be the smaller one.
+            "SELECT c.id, c.name, c.city, c.email, o.n FROM customers c LEFT JOIN \
+             (SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id) o \
+             ON o.customer_id = c.id WHERE c.city = 'Lund'",
             // The left side is narrower than the aggregate.
             "SELECT c.id, o.n, o.a, o.b FROM (SELECT id FROM customers) c LEFT JOIN \
              (SELECT customer_id, count(*) AS n, sum(amount) AS a, max(amount) AS b FROM orders \

@@ -401,6 +401,8 @@ struct Job {
     reservation: MemoryReservation,
     /// Threads for the join: the session's target partitions.
     threads: usize,
+    /// The identifier hashes' seed, drawn at random for this classification.
+    seed: u64,
     model: Vec<ModelBatch>,
     state: Vec<StateBatch>,
     /// Each side's identifiers, by partition.
@@ -427,7 +429,9 @@ fn part_of(id: u128) -> usize {
 /// One identifier of one side, copied next to the others of its partition so that joining
 /// a partition reads memory that is close together. Identifiers are compared by their
 /// 128-bit XXH3 hash rather than their bytes: two different identifiers share one with a
-/// probability below 10^-23 even among 30 M rows, and no bytes need copying.
+/// probability below 10^-23 even among 30 M rows, and no bytes need copying. The hash is
+/// seeded at random for each classification, so identifiers cannot be chosen in advance
+/// (an e-mail address signed up with) to collide with someone else's.
 #[derive(Clone, Copy)]
 struct Entry {
     id: u128,
@@ -557,18 +561,19 @@ fn join_parts(model_parts: &[Part], state_parts: &[Part], m: &Matches) -> Found 
     found
 }
 
-/// Adds every identifier of `ids` (batch `b`) to its partition, with its row hash; with a
-/// key (the model's side), with the verdict of an identifier that breaks its rules.
+/// Adds every identifier of `ids` (batch `b`) to its partition by its hash under `seed`,
+/// with its row hash; with a key (the model's side), with the verdict of an identifier
+/// that breaks its rules.
 fn scatter(
     ids: &Strings,
     hashes: &FixedSizeBinaryArray,
     b: usize,
-    key: Option<Key>,
+    (seed, key): (u64, Option<Key>),
     parts: &mut [Part],
 ) {
     for i in 0..ids.len() {
         if let Some(id) = ids.get(i) {
-            let h = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+            let h = xxhash_rust::xxh3::xxh3_128_with_seed(id.as_bytes(), seed);
             let problem = key
                 .and_then(|k| identity::problem(Some(id), k))
                 .map_or(0, invalid);
@@ -607,6 +612,7 @@ impl Job {
             .map(|n| MetricBuilder::new(&exec.metrics).subset_time(n, partition)),
             reservation,
             threads,
+            seed: std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), partition),
             model: Vec::new(),
             state: Vec::new(),
             // Sized for the expected rows, plus an eighth for new identifiers and skew.
@@ -658,8 +664,8 @@ impl Job {
         let Some(hashes) = hashes.as_any().downcast_ref::<FixedSizeBinaryArray>() else {
             return internal_err!("the model's row hash is {}", hashes.data_type());
         };
-        let key = Some(self.key);
-        scatter(&ids, hashes, self.model.len(), key, &mut self.model_parts);
+        let with = (self.seed, Some(self.key));
+        scatter(&ids, hashes, self.model.len(), with, &mut self.model_parts);
         // Places, and later a match and a verdict per row.
         let bytes = get_record_batch_memory_size(&batch) + ids.len() * 64;
         self.model.push(ModelBatch { batch, ids });
@@ -683,7 +689,7 @@ impl Job {
             &sb.ids,
             hashes,
             self.state.len(),
-            None,
+            (self.seed, None),
             &mut self.state_parts,
         );
         let bytes = get_record_batch_memory_size(&batch) + sb.ids.len() * 56;
@@ -742,6 +748,8 @@ impl Job {
             }
             m.deleted.extend(f.deleted);
         }
+        // In the state's order, whatever the partitions (their seed varies by run).
+        m.deleted.sort_unstable();
         self.matches = Some(m);
         Ok(())
     }
@@ -941,7 +949,13 @@ mod tests {
         let ids: ArrayRef = Arc::new(StringArray::from(ids.to_vec()));
         let ids = Strings::new(&ids).expect("strings");
         let mut parts: Vec<Part> = (0..PARTS).map(|_| Part::default()).collect();
-        scatter(&ids, &hashes(row_hashes), 0, Some(Key::Email), &mut parts);
+        scatter(
+            &ids,
+            &hashes(row_hashes),
+            0,
+            (7, Some(Key::Email)),
+            &mut parts,
+        );
         (ids, parts)
     }
 

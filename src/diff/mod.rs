@@ -164,13 +164,15 @@ pub async fn plan(
     );
 
     // Buckets: 1 unless the state's identifiers would not fit half the memory pool (the
-    // model runs beside an unbucketed classification and takes the other half); a sliced
-    // model (too large for memory by the user's own account) gets at least as many.
+    // model runs beside an unbucketed classification and takes the other half), or a
+    // quarter when the classification also holds the rows' values (staging, which this
+    // estimate does not count); a sliced model (too large for memory by the user's own
+    // account) gets at least as many.
     let state_rows = manifest.map_or(0, |m| m.snapshot_rows);
     let buckets = if settings.limits.diff_partitions > 0 {
         settings.limits.diff_partitions
     } else {
-        let budget = settings.limits.memory_limit_mb * 1024 * 1024 / 2;
+        let budget = settings.limits.memory_limit_mb * 1024 * 1024 / if wide { 4 } else { 2 };
         ((state_rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)) as u32).min(MAX_AUTO_BUCKETS)
     }
     .max(if settings.slices.count > 1 {
