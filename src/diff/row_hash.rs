@@ -196,12 +196,7 @@ impl<'a> ValueEncoder<'a> {
             true
         }
         fn put_str(out: &mut Vec<u8>, v: &str) -> bool {
-            // Most values start with a letter or digit: skip the Unicode trim for them.
-            let starts_solid = v.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric);
-            if !starts_solid && v.trim_matches(char::is_whitespace).is_empty() {
-                return false;
-            }
-            put(out, b's', v.as_bytes())
+            !blank(v) && put(out, b's', v.as_bytes())
         }
         match self {
             ValueEncoder::Str(s) => s.get(i).is_some_and(|v| put_str(out, v)),
@@ -384,6 +379,14 @@ impl ScalarUDFImpl for HashUdf {
     }
 }
 
+/// Whether a string is empty or whitespace only (an empty value, left out of hashes and
+/// value keys alike). Most values start with a letter or digit: they skip the Unicode trim.
+#[inline]
+fn blank(v: &str) -> bool {
+    !v.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+        && v.trim_matches(char::is_whitespace).is_empty()
+}
+
 /// What a row's hash starts from: the hash of a row with no values.
 const ROW_INIT: u128 = 0x5d8f_16a2_9c3e_47b1_b0e4_7a19_c2d6_3f85;
 
@@ -406,12 +409,8 @@ fn xor_column(name: &str, array: &ArrayRef, acc: &mut [u128]) -> Result<()> {
             let s = seed(name, b"s");
             let strings = Strings::new(array)?;
             for (i, h) in acc.iter_mut().enumerate() {
-                if let Some(v) = strings.get(i) {
-                    // Most values start with a letter or digit: skip the Unicode trim for them.
-                    let solid = v.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric);
-                    if solid || !v.trim_matches(char::is_whitespace).is_empty() {
-                        *h ^= xxh3_128_with_seed(v.as_bytes(), s);
-                    }
+                if let Some(v) = strings.get(i).filter(|v| !blank(v)) {
+                    *h ^= xxh3_128_with_seed(v.as_bytes(), s);
                 }
             }
         }
