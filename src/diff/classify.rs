@@ -17,8 +17,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU8, AtomicU64};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
@@ -377,17 +375,43 @@ fn invalid(reason: &str) -> u8 {
     V_INVALID + REASONS.iter().position(|r| *r == reason).unwrap_or(0) as u8
 }
 
-/// What the join found for each model row, by batch and row.
+/// What the join found. Each model row's verdict and first state row stay in its partition
+/// entry (written in partition order, so the join writes memory in sequence); the output
+/// reads them back batch by batch, since each partition holds its rows in arrival order.
 struct Matches {
-    /// The state row with the same identifier, or NONE. Atomic so that the join's threads
-    /// write their rows' places directly (relaxed stores: plain stores on x86-64 and ARM).
-    state: Vec<Vec<AtomicU64>>,
-    verdict: Vec<Vec<AtomicU8>>,
+    model_parts: Vec<Part>,
+    state_parts: Vec<Part>,
+    /// Per partition, the next model entry to read back.
+    cursors: Vec<usize>,
     /// Further (state row, verdict) of identifiers the state holds more than once (a state
     /// should have none), by model row.
     more: HashMap<u64, Vec<(u64, u8)>>,
     /// State rows no model row claimed.
     deleted: Vec<u64>,
+}
+
+impl Matches {
+    /// Batch `b`'s verdicts and first state rows (NONE for none), from the front of each
+    /// partition: batches are read back in order. Rows without an identifier are in no
+    /// partition: their verdict stays "empty".
+    fn read_back(&mut self, b: usize, rows: usize) -> (Vec<u8>, Vec<u64>) {
+        let mut verdicts = vec![invalid(identity::REASON_EMPTY); rows];
+        let mut states = vec![NONE; rows];
+        for (p, part) in self.model_parts.iter().enumerate() {
+            let at = &mut self.cursors[p];
+            while let Some(e) = part.get(*at)
+                && unplace(e.place).0 == b
+            {
+                let r = unplace(e.place).1;
+                verdicts[r] = e.verdict;
+                if e.matched != NO_MATCH {
+                    states[r] = self.state_parts[p][e.matched as usize].place;
+                }
+                *at += 1;
+            }
+        }
+        (verdicts, states)
+    }
 }
 
 struct Job {
@@ -437,11 +461,19 @@ struct Entry {
     id: u128,
     place: u64,
     row_hash: [u8; 16],
+    /// Model side, after the join: the first state row with this identifier (its index in
+    /// the same partition), or NO_MATCH.
+    matched: u32,
     /// False for a null row hash (never equal to anything, as in SQL).
     has_hash: bool,
-    /// Model side: the verdict of an identifier that breaks the key's rules, else 0.
-    problem: u8,
+    /// Model side: the verdict of an identifier that breaks the key's rules, else 0; after
+    /// the join, the row's verdict.
+    verdict: u8,
 }
+
+const NO_MATCH: u32 = u32::MAX;
+/// 48 bytes: the join's partitions are read and written whole, so size is time.
+const _: () = assert!(std::mem::size_of::<Entry>() == 48);
 
 type Part = Vec<Entry>;
 
@@ -460,11 +492,11 @@ struct Found {
 }
 
 /// Joins model and state partitions pairwise: finds each model row's state rows, counts
-/// each model identifier and gives each model row its verdict in `m` (each model row is in
-/// one partition, so threads never write the same place). Most model identifiers are in
+/// each model identifier and writes each model row's verdict and first state row into its
+/// entry. Most model identifiers are in
 /// the state, so they are counted on their state row; only the others go through a table
 /// of their own.
-fn join_parts(model_parts: &[Part], state_parts: &[Part], m: &Matches) -> Found {
+fn join_parts(model_parts: &mut [Part], state_parts: &[Part]) -> Found {
     /// Marks an `of_row` entry as an index into `new_counts` rather than a state row.
     const NEW_ID: u32 = 1 << 31;
     let mut found = Found::default();
@@ -481,7 +513,7 @@ fn join_parts(model_parts: &[Part], state_parts: &[Part], m: &Matches) -> Found 
     // state row) of further state rows with the same identifier, in model row order.
     let mut of_row: Vec<u32> = Vec::new();
     let mut extra: Vec<(u32, u32)> = Vec::new();
-    for (mp, sp) in model_parts.iter().zip(state_parts) {
+    for (mp, sp) in model_parts.iter_mut().zip(state_parts) {
         states.clear();
         for (j, e) in sp.iter().enumerate() {
             states.insert_unique(low(e.id), j as u32, |&j| low(sp[j as usize].id));
@@ -527,28 +559,28 @@ fn join_parts(model_parts: &[Part], state_parts: &[Part], m: &Matches) -> Found 
         }
         let dup = invalid(identity::REASON_DUPLICATE);
         let mut next_extra = extra.iter().peekable();
-        for (i, e) in mp.iter().enumerate() {
+        for (i, e) in mp.iter_mut().enumerate() {
             let o = of_row[i];
             let (count, first) = if o & NEW_ID != 0 {
                 (new_counts[(o & !NEW_ID) as usize].1, None)
             } else {
                 (state_counts[o as usize], Some(o as usize))
             };
+            let seen = *e;
             let verdict = |j: Option<usize>| match j {
-                _ if e.problem != 0 => e.problem,
+                _ if seen.verdict != 0 => seen.verdict,
                 _ if count > 1 => dup,
                 None => V_NEW,
-                Some(j) if e.has_hash && sp[j].has_hash && e.row_hash == sp[j].row_hash => {
+                Some(j) if seen.has_hash && sp[j].has_hash && seen.row_hash == sp[j].row_hash => {
                     V_UNCHANGED
                 }
                 Some(_) => V_CHANGED,
             };
-            let (b, r) = unplace(e.place);
-            m.state[b][r].store(first.map_or(NONE, |j| sp[j].place), Relaxed);
-            m.verdict[b][r].store(verdict(first), Relaxed);
+            e.verdict = verdict(first);
+            e.matched = first.map_or(NO_MATCH, |j| j as u32);
             while let Some(&(_, j)) = next_extra.next_if(|(row, _)| *row as usize == i) {
                 let j = j as usize;
-                found.more.push((e.place, sp[j].place, verdict(Some(j))));
+                found.more.push((seen.place, sp[j].place, verdict(Some(j))));
             }
         }
         found.deleted.extend(
@@ -582,8 +614,9 @@ fn scatter(
                 id: h,
                 place: place(b, i),
                 row_hash: row_hash.flatten().unwrap_or_default(),
+                matched: NO_MATCH,
                 has_hash: row_hash.flatten().is_some(),
-                problem,
+                verdict: problem,
             });
         }
     }
@@ -701,26 +734,7 @@ impl Job {
     fn join(&mut self) -> Result<()> {
         let time = self.phase[2].clone();
         let timer = time.timer();
-        // Rows without an identifier are in no partition: their verdict stays "empty".
-        let mut m = Matches {
-            state: self
-                .model
-                .iter()
-                .map(|mb| (0..mb.ids.len()).map(|_| AtomicU64::new(NONE)).collect())
-                .collect(),
-            verdict: self
-                .model
-                .iter()
-                .map(|mb| {
-                    (0..mb.ids.len())
-                        .map(|_| AtomicU8::new(invalid(identity::REASON_EMPTY)))
-                        .collect()
-                })
-                .collect(),
-            more: HashMap::new(),
-            deleted: Vec::new(),
-        };
-        let model_parts = std::mem::take(&mut self.model_parts);
+        let mut model_parts = std::mem::take(&mut self.model_parts);
         let state_parts = std::mem::take(&mut self.state_parts);
         // Partitions are independent: split them over the session's threads. (Scoped OS
         // threads: this runs once both inputs have ended, so the runtime has nothing else
@@ -728,9 +742,9 @@ impl Job {
         let per = PARTS.div_ceil(self.threads.clamp(1, PARTS));
         let found: Vec<Found> = std::thread::scope(|scope| {
             let running: Vec<_> = model_parts
-                .chunks(per)
+                .chunks_mut(per)
                 .zip(state_parts.chunks(per))
-                .map(|(mp, sp)| scope.spawn(|| join_parts(mp, sp, &m)))
+                .map(|(mp, sp)| scope.spawn(|| join_parts(mp, sp)))
                 .collect();
             running
                 .into_iter()
@@ -738,10 +752,16 @@ impl Job {
                 .collect::<std::result::Result<_, _>>()
         })
         .map_err(|_| DataFusionError::Internal("a change detection thread panicked".into()))?;
-        drop((model_parts, state_parts));
         timer.done();
         let time = self.phase[3].clone();
         let _timer = time.timer();
+        let mut m = Matches {
+            model_parts,
+            state_parts,
+            cursors: vec![0; PARTS],
+            more: HashMap::new(),
+            deleted: Vec::new(),
+        };
         for f in found {
             for (at, sat, v) in f.more {
                 m.more.entry(at).or_default().push((sat, v));
@@ -756,7 +776,7 @@ impl Job {
 
     /// Classifies model batch `b`: one output row per model row, or one per matching state
     /// row when the state holds an identifier more than once.
-    fn classify(&self, b: usize, m: &Matches) -> Result<RecordBatch> {
+    fn classify(&self, b: usize, m: &mut Matches) -> Result<RecordBatch> {
         let time = self.phase[3].clone();
         let _timer = time.timer();
         let mb = &self.model[b];
@@ -772,9 +792,9 @@ impl Job {
             .projection
             .as_ref()
             .is_none_or(|p| p.contains(&COL_CONTACT_ID) || p.contains(&COL_PREV_STATUS));
-        let (states, verdicts) = (&m.state[b], &m.verdict[b]);
+        let (verdicts, states) = m.read_back(b, rows);
         for i in 0..rows {
-            let first = (states[i].load(Relaxed), verdicts[i].load(Relaxed));
+            let first = (states[i], verdicts[i]);
             let more = match first.0 {
                 NONE => &none,
                 _ => m.more.get(&place(b, i)).unwrap_or(&none),
@@ -903,10 +923,10 @@ impl Iterator for Job {
     type Item = Result<RecordBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let m = self.matches.take()?;
+        let mut m = self.matches.take()?;
         let out = if self.next_batch < self.model.len() {
             self.next_batch += 1;
-            Some(self.classify(self.next_batch - 1, &m))
+            Some(self.classify(self.next_batch - 1, &mut m))
         } else if self.next_deleted < m.deleted.len() {
             let end = (self.next_deleted + DELETED_BATCH).min(m.deleted.len());
             let places = &m.deleted[self.next_deleted..end];
@@ -945,23 +965,22 @@ mod tests {
         b.finish()
     }
 
-    fn parts(ids: &[Option<&str>], row_hashes: &[Option<u8>]) -> (Strings, Vec<Part>) {
-        let ids: ArrayRef = Arc::new(StringArray::from(ids.to_vec()));
-        let ids = Strings::new(&ids).expect("strings");
+    /// Partitions of `ids` and their row hashes, split into batches of `batch` rows.
+    fn parts(ids: &[Option<&str>], row_hashes: &[Option<u8>], batch: usize) -> Vec<Part> {
         let mut parts: Vec<Part> = (0..PARTS).map(|_| Part::default()).collect();
-        scatter(
-            &ids,
-            &hashes(row_hashes),
-            0,
-            (7, Some(Key::Email)),
-            &mut parts,
-        );
-        (ids, parts)
+        for (b, (ids, row_hashes)) in ids.chunks(batch).zip(row_hashes.chunks(batch)).enumerate() {
+            let ids: ArrayRef = Arc::new(StringArray::from(ids.to_vec()));
+            let ids = Strings::new(&ids).expect("strings");
+            let hashes = hashes(row_hashes);
+            scatter(&ids, &hashes, b, (7, Some(Key::Email)), &mut parts);
+        }
+        parts
     }
 
     #[test]
     fn the_join_gives_every_model_row_one_verdict() {
-        let (_, model) = parts(
+        // Model rows in two batches (rows 0-4, then 5-8), to read back batch by batch.
+        let model = parts(
             &[
                 Some("same@x.se"),
                 Some("changed@x.se"),
@@ -984,8 +1003,9 @@ mod tests {
                 None,
                 Some(7),
             ],
+            5,
         );
-        let (_, state) = parts(
+        let state = parts(
             &[
                 Some("same@x.se"),
                 Some("changed@x.se"),
@@ -996,27 +1016,35 @@ mod tests {
                 Some("repeated@x.se"),
             ],
             &[Some(1), Some(9), Some(4), Some(1), None, Some(7), Some(8)],
+            8,
         );
-        let m = Matches {
-            state: vec![(0..9).map(|_| AtomicU64::new(NONE)).collect()],
-            verdict: vec![
-                (0..9)
-                    .map(|_| AtomicU8::new(invalid(identity::REASON_EMPTY)))
-                    .collect(),
-            ],
-            more: HashMap::new(),
-            deleted: Vec::new(),
-        };
         // One thread, then the partitions split over three: the same answer.
         for threads in [1, 3] {
             let per = PARTS.div_ceil(threads);
-            let found: Vec<Found> = model
-                .chunks(per)
+            let mut model_parts = model.clone();
+            let found: Vec<Found> = model_parts
+                .chunks_mut(per)
                 .zip(state.chunks(per))
-                .map(|(mp, sp)| join_parts(mp, sp, &m))
+                .map(|(mp, sp)| join_parts(mp, sp))
                 .collect();
-            let verdicts: Vec<u8> = m.verdict[0].iter().map(|v| v.load(Relaxed)).collect();
-            let states: Vec<u64> = m.state[0].iter().map(|v| v.load(Relaxed)).collect();
+            let mut m = Matches {
+                model_parts,
+                state_parts: state.clone(),
+                cursors: vec![0; PARTS],
+                more: HashMap::new(),
+                deleted: Vec::new(),
+            };
+            let (mut verdicts, mut states) = m.read_back(0, 5);
+            let (v1, s1) = m.read_back(1, 4);
+            verdicts.extend(v1);
+            states.extend(s1);
+            // Every entry was read back with its batch.
+            assert!(
+                m.model_parts
+                    .iter()
+                    .zip(&m.cursors)
+                    .all(|(p, c)| p.len() == *c)
+            );
             let dup = invalid(identity::REASON_DUPLICATE);
             let email = invalid(identity::REASON_EMAIL);
             let empty = invalid(identity::REASON_EMPTY);
@@ -1047,7 +1075,7 @@ mod tests {
             let more: Vec<(u64, u64, u8)> = found.iter().flat_map(|f| f.more.clone()).collect();
             let deleted: Vec<u64> = found.iter().flat_map(|f| f.deleted.clone()).collect();
             // The state holds "repeated" twice: the second row comes out too.
-            assert_eq!(more, [(place(0, 8), second.0, second.1)]);
+            assert_eq!(more, [(place(1, 3), second.0, second.1)]);
             assert_eq!(deleted, [place(0, 3)]);
         }
     }
