@@ -65,6 +65,10 @@ const S_STATUS: &str = "__s_status";
 const COL_IDENTIFIER: usize = 1;
 const COL_CONTACT_ID: usize = 5;
 const COL_PREV_STATUS: usize = 6;
+/// Output columns taken from the model's rows.
+const COL_RAW: usize = 2;
+const COL_KNOWN: usize = 4;
+const COL_ROW_HASH: usize = 7;
 /// Output columns before the values.
 const FIXED_COLUMNS: usize = 8;
 /// Rows per output batch of deletions.
@@ -171,8 +175,16 @@ impl TableProvider for Classified {
                 .project(kept)?
                 .build()?
         };
+        // A count needs no contactIds or statuses: the snapshot's columns are not even read.
+        let state = if wanted_state(projection.map(Vec::as_slice)) {
+            self.state.clone()
+        } else {
+            LogicalPlanBuilder::from(self.state.clone())
+                .project([S_ID, S_HASH].map(|c| Expr::Column(Column::from_name(c))))?
+                .build()?
+        };
         let model = session.create_physical_plan(&model).await?;
-        let state = session.create_physical_plan(&self.state).await?;
+        let state = session.create_physical_plan(&state).await?;
         ClassifyExec::try_new(
             model,
             state,
@@ -186,6 +198,11 @@ impl TableProvider for Classified {
     }
 }
 
+/// Whether a projection asks for the state's contactIds or statuses.
+fn wanted_state(projection: Option<&[usize]>) -> bool {
+    projection.is_none_or(|p| p.contains(&COL_CONTACT_ID) || p.contains(&COL_PREV_STATUS))
+}
+
 /// Where the operator finds its input columns.
 #[derive(Debug, Clone)]
 struct Columns {
@@ -197,8 +214,11 @@ struct Columns {
     values: Vec<Option<usize>>,
     s_id: usize,
     s_hash: usize,
-    s_contact_id: usize,
-    s_status: usize,
+    /// Absent when not asked for: the scan then leaves them out of the state's plan.
+    s_contact_id: Option<usize>,
+    s_status: Option<usize>,
+    /// Which model columns the output is built from, by index.
+    held: Vec<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -234,9 +254,30 @@ impl ClassifyExec {
             values: values.iter().map(|v| m.index_of(v).ok()).collect(),
             s_id: s.index_of(S_ID)?,
             s_hash: s.index_of(S_HASH)?,
-            s_contact_id: s.index_of(S_CONTACT_ID)?,
-            s_status: s.index_of(S_STATUS)?,
+            s_contact_id: s.index_of(S_CONTACT_ID).ok(),
+            s_status: s.index_of(S_STATUS).ok(),
+            held: vec![false; m.fields().len()],
         };
+        let mut cols = cols;
+        let wanted = |column: usize| projection.as_ref().is_none_or(|p| p.contains(&column));
+        for (column, at) in [
+            (COL_IDENTIFIER, cols.ident),
+            (COL_RAW, cols.raw),
+            (COL_KNOWN, cols.known),
+            (COL_ROW_HASH, cols.hash),
+        ] {
+            cols.held[at] |= wanted(column);
+        }
+        for (i, at) in cols.values.clone().into_iter().enumerate() {
+            if let Some(at) = at {
+                cols.held[at] |= wanted(FIXED_COLUMNS + i);
+            }
+        }
+        if wanted_state(projection.as_deref())
+            && (cols.s_contact_id.is_none() || cols.s_status.is_none())
+        {
+            return internal_err!("ClassifyExec: the state's contactIds and statuses are missing");
+        }
         let out = match &projection {
             Some(p) => Arc::new(full.project(p)?),
             None => Arc::clone(&full),
@@ -345,17 +386,18 @@ impl ExecutionPlan for ClassifyExec {
 const PART_BITS: u32 = 8;
 const PARTS: usize = 1 << PART_BITS;
 
-/// A buffered model batch and its identifiers.
+/// A buffered model batch: the columns the output is built from (by the model's column
+/// index, None for those not asked for: once partitioned, a plan needs no row hashes).
 struct ModelBatch {
-    batch: RecordBatch,
-    ids: Strings,
+    columns: Vec<Option<ArrayRef>>,
+    rows: usize,
 }
 
-/// A buffered state batch's compact columns.
+/// A buffered state batch's compact columns (contactIds and statuses only when asked for).
 struct StateBatch {
     ids: Strings,
-    contact_ids: Strings,
-    statuses: Strings,
+    contact_ids: Option<Strings>,
+    statuses: Option<Strings>,
 }
 
 /// Verdicts: the kind of a model row, and for invalid rows why.
@@ -699,9 +741,20 @@ impl Job {
         };
         let with = (self.seed, Some(self.key));
         scatter(&ids, hashes, self.model.len(), with, &mut self.model_parts);
-        // Places, and later a match and a verdict per row.
-        let bytes = get_record_batch_memory_size(&batch) + ids.len() * 64;
-        self.model.push(ModelBatch { batch, ids });
+        let columns: Vec<Option<ArrayRef>> = (batch.columns().iter().zip(&self.cols.held))
+            .map(|(a, held)| held.then(|| Arc::clone(a)))
+            .collect();
+        // Each row's partition entry, with its match and verdict after the join.
+        let bytes = columns
+            .iter()
+            .flatten()
+            .map(|a| a.get_array_memory_size())
+            .sum::<usize>()
+            + ids.len() * 64;
+        self.model.push(ModelBatch {
+            columns,
+            rows: batch.num_rows(),
+        });
         self.charge(bytes)
     }
 
@@ -713,10 +766,11 @@ impl Job {
         let Some(hashes) = hashes.as_any().downcast_ref::<FixedSizeBinaryArray>() else {
             return internal_err!("the state's row hash is {}", hashes.data_type());
         };
+        let strings = |at: Option<usize>| at.map(|at| Strings::new(batch.column(at))).transpose();
         let sb = StateBatch {
             ids: Strings::new(batch.column(c.s_id))?,
-            contact_ids: Strings::new(batch.column(c.s_contact_id))?,
-            statuses: Strings::new(batch.column(c.s_status))?,
+            contact_ids: strings(c.s_contact_id)?,
+            statuses: strings(c.s_status)?,
         };
         scatter(
             &sb.ids,
@@ -780,7 +834,7 @@ impl Job {
         let time = self.phase[3].clone();
         let _timer = time.timer();
         let mb = &self.model[b];
-        let rows = mb.ids.len();
+        let rows = mb.rows;
         let mut kinds = StringBuilder::with_capacity(rows, rows * 8);
         let mut reasons = StringBuilder::with_capacity(rows, 0);
         let mut contact_ids = StringBuilder::with_capacity(rows, rows * 4);
@@ -788,10 +842,7 @@ impl Job {
         let mut take_rows: Option<Vec<u32>> = None;
         let none = Vec::new();
         // A count needs no contactIds or statuses: they are read only when asked for.
-        let with_state = self
-            .projection
-            .as_ref()
-            .is_none_or(|p| p.contains(&COL_CONTACT_ID) || p.contains(&COL_PREV_STATUS));
+        let with_state = wanted_state(self.projection.as_deref());
         let (verdicts, states) = m.read_back(b, rows);
         for i in 0..rows {
             let first = (states[i], verdicts[i]);
@@ -809,8 +860,8 @@ impl Job {
                 kinds.append_value(kind);
                 reasons.append_option(reason);
                 if with_state {
-                    contact_ids.append_option(self.state_str(at, |s| &s.contact_ids));
-                    statuses.append_option(self.state_str(at, |s| &s.statuses));
+                    contact_ids.append_option(self.state_str(at, |s| s.contact_ids.as_ref()));
+                    statuses.append_option(self.state_str(at, |s| s.statuses.as_ref()));
                 }
                 if n > 0 {
                     // A repeated state identifier: one more output row for this model row.
@@ -824,7 +875,9 @@ impl Job {
         let take_rows = take_rows.map(UInt32Array::from);
         let kinds_len = kinds.len();
         let col = |c: usize| -> Result<ArrayRef> {
-            let a = mb.batch.column(c);
+            let Some(a) = &mb.columns[c] else {
+                return internal_err!("ClassifyExec: model column {c} was not held");
+            };
             Ok(match &take_rows {
                 Some(t) => take(a.as_ref(), t, None)?,
                 None => Arc::clone(a),
@@ -837,16 +890,16 @@ impl Job {
             Ok(match i {
                 0 => Arc::new(kinds.take().expect("one column 0").finish()),
                 COL_IDENTIFIER => col(c.ident)?,
-                2 => col(c.raw)?,
+                COL_RAW => col(c.raw)?,
                 3 => Arc::new(reasons.take().expect("one column 3").finish()),
-                4 => col(c.known)?,
+                COL_KNOWN => col(c.known)?,
                 COL_CONTACT_ID => {
                     state_column(contact_ids.take().expect("one"), with_state, kinds_len)
                 }
                 COL_PREV_STATUS => {
                     state_column(statuses.take().expect("one"), with_state, kinds_len)
                 }
-                7 => col(c.hash)?,
+                COL_ROW_HASH => col(c.hash)?,
                 v => match c.values[v - FIXED_COLUMNS] {
                     Some(at) => col(at)?,
                     None => return internal_err!("ClassifyExec: value column {v} was left out"),
@@ -860,7 +913,7 @@ impl Job {
         let time = self.phase[3].clone();
         let _timer = time.timer();
         let n = places.len();
-        let strings = |f: &dyn Fn(&StateBatch) -> &Strings| {
+        let strings = |f: &dyn Fn(&StateBatch) -> Option<&Strings>| {
             let mut b = StringBuilder::with_capacity(n, n * 16);
             for &at in places {
                 b.append_option(self.state_str(at, f));
@@ -875,20 +928,20 @@ impl Job {
                     (0..n).for_each(|_| k.append_value(DELETED));
                     Arc::new(k.finish()) as ArrayRef
                 }
-                COL_IDENTIFIER => cast(&strings(&|s| &s.ids), t)?,
-                COL_CONTACT_ID => strings(&|s| &s.contact_ids),
-                COL_PREV_STATUS => strings(&|s| &s.statuses),
+                COL_IDENTIFIER => cast(&strings(&|s| Some(&s.ids)), t)?,
+                COL_CONTACT_ID => strings(&|s| s.contact_ids.as_ref()),
+                COL_PREV_STATUS => strings(&|s| s.statuses.as_ref()),
                 _ => new_null_array(t, n),
             })
         })
     }
 
-    fn state_str(&self, at: u64, f: impl Fn(&StateBatch) -> &Strings) -> Option<&str> {
+    fn state_str(&self, at: u64, f: impl Fn(&StateBatch) -> Option<&Strings>) -> Option<&str> {
         if at == NONE {
             return None;
         }
         let (b, r) = unplace(at);
-        f(&self.state[b]).get(r)
+        f(&self.state[b])?.get(r)
     }
 
     /// The output batch of the projected columns, each built by `column(index in the full
