@@ -28,7 +28,7 @@ use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Column;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::utils::memory::get_record_batch_memory_size;
+use datafusion::common::utils::memory::{RecordBatchMemoryCounter, get_record_batch_memory_size};
 use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
@@ -470,6 +470,8 @@ struct Job {
     /// The identifier hashes' seed, drawn at random for this classification.
     seed: u64,
     model: Vec<ModelBatch>,
+    /// The buffers of `model` charged to the pool so far.
+    counted: RecordBatchMemoryCounter,
     state: Vec<StateBatch>,
     /// Each side's identifiers, by partition.
     model_parts: Vec<Part>,
@@ -689,6 +691,7 @@ impl Job {
             threads,
             seed: std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), partition),
             model: Vec::new(),
+            counted: RecordBatchMemoryCounter::new(),
             state: Vec::new(),
             // Sized for the expected rows, plus an eighth for new identifiers and skew.
             model_parts: (0..PARTS).map(|_| Vec::with_capacity(per_part)).collect(),
@@ -744,13 +747,12 @@ impl Job {
         let columns: Vec<Option<ArrayRef>> = (batch.columns().iter().zip(&self.cols.held))
             .map(|(a, held)| held.then(|| Arc::clone(a)))
             .collect();
-        // Each row's partition entry, with its match and verdict after the join.
-        let bytes = columns
-            .iter()
-            .flatten()
-            .map(|a| a.get_array_memory_size())
-            .sum::<usize>()
-            + ids.len() * 64;
+        // The held columns' buffers, each counted once (columns read from a bucket's file
+        // share one), and each row's partition entry.
+        let held: Vec<usize> = (columns.iter().enumerate())
+            .filter_map(|(i, a)| a.as_ref().map(|_| i))
+            .collect();
+        let bytes = self.counted.count_batch(&batch.project(&held)?) + ids.len() * 64;
         self.model.push(ModelBatch {
             columns,
             rows: batch.num_rows(),
