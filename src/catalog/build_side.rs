@@ -308,4 +308,23 @@ mod tests {
             assert!(join.contains("join_type=Left"), "{sql}\n{plan}");
         }
     }
+
+    #[tokio::test]
+    async fn join_reordering_off_turns_the_rule_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = session(dir.path()).await;
+        ctx.sql("SET datafusion.optimizer.join_reordering = false")
+            .await
+            .unwrap();
+        let (plan, rows) = run(
+            &ctx,
+            "SELECT c.id, c.name, c.city, c.email, o.n FROM customers c LEFT JOIN \
+             (SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id) o \
+             ON o.customer_id = c.id",
+        )
+        .await;
+        let (join, _) = join_and_build(&plan);
+        assert!(join.contains("join_type=Left"), "{plan}");
+        assert_eq!(rows.len(), 3, "{rows:?}");
+    }
 }
