@@ -537,9 +537,8 @@ struct Found {
 
 /// Joins model and state partitions pairwise: finds each model row's state rows, counts
 /// each model identifier and writes each model row's verdict and first state row into its
-/// entry. Most model identifiers are in
-/// the state, so they are counted on their state row; only the others go through a table
-/// of their own.
+/// entry. Most model identifiers are in the state, so they are counted on their state row;
+/// only the others go through a table of their own.
 fn join_parts(model_parts: &mut [Part], state_parts: &[Part]) -> Found {
     /// Marks an `of_row` entry as an index into `new_counts` rather than a state row.
     const NEW_ID: u32 = 1 << 31;
@@ -1030,6 +1029,96 @@ mod tests {
             scatter(&ids, &hashes, b, (7, Some(Key::Email)), &mut parts);
         }
         parts
+    }
+
+    #[test]
+    fn held_model_columns_are_only_those_asked_for_each_buffer_charged_once() {
+        use datafusion::arrow::ipc::{reader::FileReader, writer::FileWriter};
+        use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
+        use datafusion::physical_plan::empty::EmptyExec;
+        let rows = 2000;
+        let text = |p: &str| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(
+                (0..rows).map(|i| format!("{p}{i}@x.se")),
+            ))
+        };
+        let field = |name: &str, t: DataType| Field::new(name, t, true);
+        let hash = DataType::FixedSizeBinary(16);
+        let model = Arc::new(Schema::new(vec![
+            field(RAW_IDENTIFIER, DataType::Utf8),
+            field(state::IDENTIFIER, DataType::Utf8),
+            field(KNOWN_CONTACT_ID, DataType::Utf8),
+            field(state::ROW_HASH, hash.clone()),
+            field("a", DataType::Utf8),
+            field("b", DataType::Utf8),
+        ]));
+        let columns = vec![
+            text("raw"),
+            text("id"),
+            text("known"),
+            Arc::new(hashes(&vec![Some(1); rows])) as ArrayRef,
+            text("a"),
+            text("b"),
+        ];
+        let batch = RecordBatch::try_new(Arc::clone(&model), columns).unwrap();
+        // The raw and normalised identifiers' buffers.
+        let ids_only = get_record_batch_memory_size(&batch.project(&[0, 1]).unwrap());
+        // Written and read back as a bucket's file is: the columns are slices of one buffer.
+        let mut file = Vec::new();
+        let mut w = FileWriter::try_new(&mut file, &model).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        let mut reader = FileReader::try_new(std::io::Cursor::new(file), None).unwrap();
+        let read = reader.next().unwrap().unwrap();
+        let once = get_record_batch_memory_size(&read);
+        let per_column: usize = read
+            .columns()
+            .iter()
+            .map(|a| a.get_array_memory_size())
+            .sum();
+        assert!(per_column > 3 * once, "the columns should share one buffer");
+
+        let state = Arc::new(Schema::new(vec![
+            field(S_ID, DataType::Utf8),
+            field(S_HASH, hash.clone()),
+            field(S_CONTACT_ID, DataType::Utf8),
+            field(S_STATUS, DataType::Utf8),
+        ]));
+        let full = Arc::new(Schema::new(vec![
+            field(KIND, DataType::Utf8),
+            field(state::IDENTIFIER, DataType::Utf8),
+            field(RAW_IDENTIFIER, DataType::Utf8),
+            field(REASON, DataType::Utf8),
+            field(KNOWN_CONTACT_ID, DataType::Utf8),
+            field(state::CONTACT_ID, DataType::Utf8),
+            field(PREV_STATUS, DataType::Utf8),
+            field(state::ROW_HASH, hash),
+            field("a", DataType::Utf8),
+            field("b", DataType::Utf8),
+        ]));
+        let charged = |projection: Option<Vec<usize>>, batch: RecordBatch| {
+            let exec = ClassifyExec::try_new(
+                Arc::new(EmptyExec::new(Arc::clone(&model))),
+                Arc::new(EmptyExec::new(Arc::clone(&state))),
+                Key::Email,
+                &["a".to_string(), "b".to_string()],
+                rows,
+                Arc::clone(&full),
+                projection,
+            )
+            .unwrap();
+            let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
+            let reservation = MemoryConsumer::new("test").register(&pool);
+            let mut job = Job::new(&exec, 0, reservation, 1);
+            job.add_model(batch).unwrap();
+            job.reservation.size()
+        };
+        // Every column is held (no projection), its shared buffer charged once, plus each
+        // row's partition entry.
+        assert_eq!(charged(None, read), once + rows * 64);
+        // A count holds only the identifiers: not the row hashes, values or contactIds.
+        assert_eq!(charged(Some(vec![0, 1, 2, 3]), batch), ids_only + rows * 64);
     }
 
     #[test]
