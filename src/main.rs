@@ -174,23 +174,34 @@ fn emit(report: &voyado_sync::report::Report, json: bool) -> Result<u8, Error> {
 ///   in again and again (about a fifth of all CPU time went to the kernel). Buffers up to
 ///   32 MiB now come from the heap, which keeps up to 256 MiB of free top: 10 M rows in
 ///   8 slices under 512 MB went from 11.1 s to 9.1 s (faults 524 K -> 117 K), 1 M rows from
-///   0.57 s to 0.53 s (BENCHMARKS.md).
+///   0.57 s to 0.53 s (BENCHMARKS.md). The price is freed memory kept by the process:
+///   about 100 MB more peak RSS there (377 -> 480 MB).
 ///
-/// `MALLOC_ARENA_MAX`, or any `GLIBC_TUNABLES`, set in the environment wins.
+/// Each setting the environment makes (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, ...,
+/// or the same in `GLIBC_TUNABLES`) wins over ours.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
-    if std::env::var_os("GLIBC_TUNABLES").is_some() {
-        return;
-    }
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    let set = |var: &str, tunable: &str| {
+        std::env::var_os(var).is_some() || tunables.contains(&format!("glibc.malloc.{tunable}"))
+    };
     // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
     unsafe {
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        if !set("MALLOC_ARENA_MAX", "arena_max") {
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
-        // Setting any of these turns glibc's moving threshold off, so all are set.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_TOP_PAD, 32 << 20);
+        // Setting any of these turns glibc's moving threshold off, so all three are set or
+        // none. 32 MiB is the largest threshold glibc accepts on 64-bit targets.
+        let thresholds = [
+            ("MALLOC_MMAP_THRESHOLD_", "mmap_threshold"),
+            ("MALLOC_TRIM_THRESHOLD_", "trim_threshold"),
+            ("MALLOC_TOP_PAD_", "top_pad"),
+        ];
+        if cfg!(target_pointer_width = "64") && !thresholds.iter().any(|(v, t)| set(v, t)) {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+            libc::mallopt(libc::M_TOP_PAD, 32 << 20);
+        }
     }
 }
 

@@ -747,7 +747,7 @@ impl Job {
             .map(|(a, held)| held.then(|| Arc::clone(a)))
             .collect();
         // The held columns' buffers, each counted once (columns read from a bucket's file
-        // share one), and each row's partition entry.
+        // share one), and per row its partition entry (48 bytes) and its verdict's output.
         let held: Vec<usize> = (columns.iter().enumerate())
             .filter_map(|(i, a)| a.as_ref().map(|_| i))
             .collect();
@@ -865,8 +865,9 @@ impl Job {
                     statuses.append_option(self.state_str(at, |s| s.statuses.as_ref()));
                 }
                 if n > 0 {
-                    // A repeated state identifier: one more output row for this model row.
-                    take_rows.get_or_insert_with(|| (0..i as u32).collect());
+                    // A repeated state identifier: one more output row for this model row,
+                    // after the rows so far (this one's first output included).
+                    take_rows.get_or_insert_with(|| (0..=i as u32).collect());
                 }
                 if let Some(t) = take_rows.as_mut() {
                     t.push(i as u32);
@@ -1031,54 +1032,47 @@ mod tests {
         parts
     }
 
-    #[test]
-    fn held_model_columns_are_only_those_asked_for_each_buffer_charged_once() {
-        use datafusion::arrow::ipc::{reader::FileReader, writer::FileWriter};
-        use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
-        use datafusion::physical_plan::empty::EmptyExec;
-        let rows = 2000;
-        let text = |p: &str| -> ArrayRef {
-            Arc::new(StringArray::from_iter_values(
-                (0..rows).map(|i| format!("{p}{i}@x.se")),
-            ))
-        };
-        let field = |name: &str, t: DataType| Field::new(name, t, true);
+    fn field(name: &str, t: DataType) -> Field {
+        Field::new(name, t, true)
+    }
+
+    /// The model's columns: raw and normalised identifier, known contactId, row hash and
+    /// two values ("a", "b").
+    fn model_schema() -> SchemaRef {
         let hash = DataType::FixedSizeBinary(16);
-        let model = Arc::new(Schema::new(vec![
+        Arc::new(Schema::new(vec![
             field(RAW_IDENTIFIER, DataType::Utf8),
             field(state::IDENTIFIER, DataType::Utf8),
             field(KNOWN_CONTACT_ID, DataType::Utf8),
-            field(state::ROW_HASH, hash.clone()),
+            field(state::ROW_HASH, hash),
             field("a", DataType::Utf8),
             field("b", DataType::Utf8),
-        ]));
-        let columns = vec![
-            text("raw"),
-            text("id"),
-            text("known"),
-            Arc::new(hashes(&vec![Some(1); rows])) as ArrayRef,
-            text("a"),
-            text("b"),
-        ];
-        let batch = RecordBatch::try_new(Arc::clone(&model), columns).unwrap();
-        // The raw and normalised identifiers' buffers.
-        let ids_only = get_record_batch_memory_size(&batch.project(&[0, 1]).unwrap());
-        // Written and read back as a bucket's file is: the columns are slices of one buffer.
-        let mut file = Vec::new();
-        let mut w = FileWriter::try_new(&mut file, &model).unwrap();
-        w.write(&batch).unwrap();
-        w.finish().unwrap();
-        drop(w);
-        let mut reader = FileReader::try_new(std::io::Cursor::new(file), None).unwrap();
-        let read = reader.next().unwrap().unwrap();
-        let once = get_record_batch_memory_size(&read);
-        let per_column: usize = read
-            .columns()
-            .iter()
-            .map(|a| a.get_array_memory_size())
-            .sum();
-        assert!(per_column > 3 * once, "the columns should share one buffer");
+        ]))
+    }
 
+    /// Model rows with these identifiers and row hashes.
+    fn model_batch(ids: &[&str], row_hashes: &[Option<u8>]) -> RecordBatch {
+        let text = |p: &str| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|id| format!("{p}{id}")),
+            ))
+        };
+        let columns = vec![
+            text(""),
+            text(""),
+            text("known-"),
+            Arc::new(hashes(row_hashes)) as ArrayRef,
+            text("a-"),
+            text("b-"),
+        ];
+        RecordBatch::try_new(model_schema(), columns).unwrap()
+    }
+
+    /// A classification of the model above against a compact state, with `projection`.
+    fn job(projection: Option<Vec<usize>>, expected: usize) -> Job {
+        use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
+        use datafusion::physical_plan::empty::EmptyExec;
+        let hash = DataType::FixedSizeBinary(16);
         let state = Arc::new(Schema::new(vec![
             field(S_ID, DataType::Utf8),
             field(S_HASH, hash.clone()),
@@ -1097,20 +1091,48 @@ mod tests {
             field("a", DataType::Utf8),
             field("b", DataType::Utf8),
         ]));
+        let exec = ClassifyExec::try_new(
+            Arc::new(EmptyExec::new(model_schema())),
+            Arc::new(EmptyExec::new(state)),
+            Key::Email,
+            &["a".to_string(), "b".to_string()],
+            expected,
+            full,
+            projection,
+        )
+        .unwrap();
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
+        let reservation = MemoryConsumer::new("test").register(&pool);
+        Job::new(&exec, 0, reservation, 1)
+    }
+
+    #[test]
+    fn held_model_columns_are_only_those_asked_for_each_buffer_charged_once() {
+        use datafusion::arrow::ipc::{reader::FileReader, writer::FileWriter};
+        let rows = 2000;
+        let ids: Vec<String> = (0..rows).map(|i| format!("user{i}@x.se")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let batch = model_batch(&ids, &vec![Some(1); rows]);
+        // The raw and normalised identifiers' buffers.
+        let ids_only = get_record_batch_memory_size(&batch.project(&[0, 1]).unwrap());
+        // Written and read back as a bucket's file is: the columns are slices of one buffer.
+        let mut file = Vec::new();
+        let mut w = FileWriter::try_new(&mut file, &model_schema()).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        let mut reader = FileReader::try_new(std::io::Cursor::new(file), None).unwrap();
+        let read = reader.next().unwrap().unwrap();
+        let once = get_record_batch_memory_size(&read);
+        let per_column: usize = read
+            .columns()
+            .iter()
+            .map(|a| a.get_array_memory_size())
+            .sum();
+        assert!(per_column > 3 * once, "the columns should share one buffer");
+
         let charged = |projection: Option<Vec<usize>>, batch: RecordBatch| {
-            let exec = ClassifyExec::try_new(
-                Arc::new(EmptyExec::new(Arc::clone(&model))),
-                Arc::new(EmptyExec::new(Arc::clone(&state))),
-                Key::Email,
-                &["a".to_string(), "b".to_string()],
-                rows,
-                Arc::clone(&full),
-                projection,
-            )
-            .unwrap();
-            let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
-            let reservation = MemoryConsumer::new("test").register(&pool);
-            let mut job = Job::new(&exec, 0, reservation, 1);
+            let mut job = job(projection, rows);
             job.add_model(batch).unwrap();
             job.reservation.size()
         };
@@ -1119,6 +1141,58 @@ mod tests {
         assert_eq!(charged(None, read), once + rows * 64);
         // A count holds only the identifiers: not the row hashes, values or contactIds.
         assert_eq!(charged(Some(vec![0, 1, 2, 3]), batch), ids_only + rows * 64);
+    }
+
+    #[test]
+    fn an_identifier_the_state_holds_twice_comes_out_once_per_state_row() {
+        let mut job = job(None, 2);
+        job.add_model(model_batch(
+            &["new@x.se", "twice@x.se"],
+            &[Some(1), Some(1)],
+        ))
+        .unwrap();
+        let state = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                field(S_ID, DataType::Utf8),
+                field(S_HASH, DataType::FixedSizeBinary(16)),
+                field(S_CONTACT_ID, DataType::Utf8),
+                field(S_STATUS, DataType::Utf8),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec!["twice@x.se", "twice@x.se"])),
+                Arc::new(hashes(&[Some(1), Some(2)])),
+                Arc::new(StringArray::from(vec!["c1", "c2"])),
+                Arc::new(StringArray::from(vec!["delivered", "delivered"])),
+            ],
+        )
+        .unwrap();
+        job.add_state(state).unwrap();
+        job.join().unwrap();
+        let out: Vec<RecordBatch> = Iterator::collect::<Result<_>>(job).unwrap();
+        let mut rows: Vec<String> = Vec::new();
+        for b in &out {
+            let col = |name: &str| super::super::string_column(b, name).unwrap();
+            let (kinds, ids, values) = (col(KIND), col(state::IDENTIFIER), col("a"));
+            let contact_ids = col(state::CONTACT_ID);
+            for i in 0..b.num_rows() {
+                let contact = contact_ids.is_valid(i).then(|| contact_ids.value(i));
+                rows.push(format!(
+                    "{} {} {} {contact:?}",
+                    kinds.value(i),
+                    ids.value(i),
+                    values.value(i)
+                ));
+            }
+        }
+        rows.sort();
+        assert_eq!(
+            rows,
+            [
+                "changed twice@x.se a-twice@x.se Some(\"c2\")",
+                "new new@x.se a-new@x.se None",
+                "unchanged twice@x.se a-twice@x.se Some(\"c1\")",
+            ]
+        );
     }
 
     #[test]
