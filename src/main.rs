@@ -181,28 +181,38 @@ fn emit(report: &voyado_sync::report::Report, json: bool) -> Result<u8, Error> {
 /// or the same in `GLIBC_TUNABLES`) wins over ours.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
-    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    let set = |var: &str, tunable: &str| {
-        std::env::var_os(var).is_some() || tunables.contains(&format!("glibc.malloc.{tunable}"))
-    };
+    let (arenas, thresholds) = allocator_choices(|v| std::env::var(v).ok());
     // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
     unsafe {
-        if !set("MALLOC_ARENA_MAX", "arena_max") {
+        if arenas {
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
-        // Setting any of these turns glibc's moving threshold off, so all three are set or
-        // none. 32 MiB is the largest threshold glibc accepts on 64-bit targets.
-        let thresholds = [
-            ("MALLOC_MMAP_THRESHOLD_", "mmap_threshold"),
-            ("MALLOC_TRIM_THRESHOLD_", "trim_threshold"),
-            ("MALLOC_TOP_PAD_", "top_pad"),
-        ];
-        if cfg!(target_pointer_width = "64") && !thresholds.iter().any(|(v, t)| set(v, t)) {
+        if thresholds {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
             libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
             libc::mallopt(libc::M_TOP_PAD, 32 << 20);
         }
     }
+}
+
+/// Which of our settings to make, given the environment (`var`): the arena cap, and the
+/// three thresholds. Setting any threshold turns glibc's moving threshold off, so ours are
+/// made all or none; 32 MiB is the largest threshold glibc accepts, on 64-bit targets.
+#[cfg(any(test, all(target_os = "linux", target_env = "gnu")))]
+fn allocator_choices(var: impl Fn(&str) -> Option<String>) -> (bool, bool) {
+    let tunables = var("GLIBC_TUNABLES").unwrap_or_default();
+    let set = |name: &str, tunable: &str| {
+        var(name).is_some() || tunables.contains(&format!("glibc.malloc.{tunable}"))
+    };
+    let thresholds = [
+        ("MALLOC_MMAP_THRESHOLD_", "mmap_threshold"),
+        ("MALLOC_TRIM_THRESHOLD_", "trim_threshold"),
+        ("MALLOC_TOP_PAD_", "top_pad"),
+    ];
+    (
+        !set("MALLOC_ARENA_MAX", "arena_max"),
+        cfg!(target_pointer_width = "64") && !thresholds.iter().any(|(v, t)| set(v, t)),
+    )
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -233,5 +243,37 @@ fn main() -> ExitCode {
             }
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allocator_choices;
+
+    #[test]
+    fn each_allocator_setting_made_in_the_environment_wins() {
+        let with = |vars: &[(&str, &str)]| {
+            allocator_choices(move |v| {
+                vars.iter()
+                    .find(|(name, _)| *name == v)
+                    .map(|(_, value)| value.to_string())
+            })
+        };
+        let ours = cfg!(target_pointer_width = "64");
+        assert_eq!(with(&[]), (true, ours));
+        // A tunable that is not the allocator's leaves ours in place.
+        let cpu = [(
+            "GLIBC_TUNABLES",
+            "glibc.cpu.x86_non_temporal_threshold=0xffffffff",
+        )];
+        assert_eq!(with(&cpu), (true, ours));
+        assert_eq!(with(&[("MALLOC_ARENA_MAX", "4")]), (false, ours));
+        assert_eq!(
+            with(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")]),
+            (false, ours)
+        );
+        assert_eq!(with(&[("MALLOC_TRIM_THRESHOLD_", "131072")]), (true, false));
+        let pad = [("GLIBC_TUNABLES", "glibc.cpu.x=1:glibc.malloc.top_pad=0")];
+        assert_eq!(with(&pad), (true, false));
     }
 }

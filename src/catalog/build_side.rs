@@ -37,6 +37,7 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::limit::GlobalLimitExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
@@ -121,9 +122,12 @@ fn should_swap(join: &HashJoinExec) -> Result<bool> {
 
 /// Whether `plan` filters or limits its rows anywhere: it may then be far smaller than the
 /// aggregate, which would be the worse build side (with no row counts, nothing tells).
+/// Limits are any operator with a fetch (limits, top-k sorts) and an `OFFSET`.
 fn filtered(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    let name = plan.name();
-    name == "FilterExec" || name.contains("Limit") || plan.children().into_iter().any(filtered)
+    plan.downcast_ref::<FilterExec>().is_some()
+        || plan.downcast_ref::<GlobalLimitExec>().is_some()
+        || plan.fetch().is_some()
+        || plan.children().into_iter().any(filtered)
 }
 
 /// Whether `plan` yields at most one row per value of its columns `keys`: a grouped
@@ -298,6 +302,11 @@ mod tests {
             "SELECT c.id, c.name, c.city, c.email, o.n FROM customers c LEFT JOIN \
              (SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id) o \
              ON o.customer_id = c.id WHERE c.city = 'Lund'",
+            // The left side skips rows (an offset alone, so a limit with no fetch).
+            "SELECT c.id, c.name, c.city, c.email, o.n FROM \
+             (SELECT * FROM customers OFFSET 1) c LEFT JOIN \
+             (SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id) o \
+             ON o.customer_id = c.id",
             // The left side is narrower than the aggregate.
             "SELECT c.id, o.n, o.a, o.b FROM (SELECT id FROM customers) c LEFT JOIN \
              (SELECT customer_id, count(*) AS n, sum(amount) AS a, max(amount) AS b FROM orders \

@@ -100,37 +100,46 @@ impl Classified {
         values: Vec<String>,
         expected: usize,
     ) -> Result<Self> {
-        let m = model.schema().as_arrow().clone();
-        let s = state.schema().as_arrow().clone();
-        let field = |schema: &Schema, name: &str| -> Result<DataType> {
-            Ok(schema.field_with_name(name)?.data_type().clone())
-        };
-        field(&s, S_ID)?;
-        if field(&s, S_HASH)? != field(&m, state::ROW_HASH)? {
-            return internal_err!("the state's and the model's row hashes differ in type");
-        }
-        let mut fields = vec![
-            Field::new(KIND, DataType::Utf8, true),
-            Field::new(state::IDENTIFIER, field(&m, state::IDENTIFIER)?, true),
-            Field::new(RAW_IDENTIFIER, field(&m, RAW_IDENTIFIER)?, true),
-            Field::new(REASON, DataType::Utf8, true),
-            Field::new(KNOWN_CONTACT_ID, field(&m, KNOWN_CONTACT_ID)?, true),
-            Field::new(state::CONTACT_ID, DataType::Utf8, true),
-            Field::new(PREV_STATUS, DataType::Utf8, true),
-            Field::new(state::ROW_HASH, field(&m, state::ROW_HASH)?, true),
-        ];
-        for v in &values {
-            fields.push(Field::new(v, field(&m, v)?, true));
-        }
+        let schema = output_schema(
+            model.schema().as_arrow(),
+            state.schema().as_arrow(),
+            &values,
+        )?;
         Ok(Classified {
             model: model.logical_plan().clone(),
             state: state.logical_plan().clone(),
             key,
             values,
             expected,
-            schema: Arc::new(Schema::new(fields)),
+            schema,
         })
     }
+}
+
+/// The change set's columns: the fixed ones, typed after the model's (`state` must hold
+/// the compact view, its row hash typed as the model's), then the `values`.
+fn output_schema(m: &Schema, s: &Schema, values: &[String]) -> Result<SchemaRef> {
+    let field = |schema: &Schema, name: &str| -> Result<DataType> {
+        Ok(schema.field_with_name(name)?.data_type().clone())
+    };
+    field(s, S_ID)?;
+    if field(s, S_HASH)? != field(m, state::ROW_HASH)? {
+        return internal_err!("the state's and the model's row hashes differ in type");
+    }
+    let mut fields = vec![
+        Field::new(KIND, DataType::Utf8, true),
+        Field::new(state::IDENTIFIER, field(m, state::IDENTIFIER)?, true),
+        Field::new(RAW_IDENTIFIER, field(m, RAW_IDENTIFIER)?, true),
+        Field::new(REASON, DataType::Utf8, true),
+        Field::new(KNOWN_CONTACT_ID, field(m, KNOWN_CONTACT_ID)?, true),
+        Field::new(state::CONTACT_ID, DataType::Utf8, true),
+        Field::new(PREV_STATUS, DataType::Utf8, true),
+        Field::new(state::ROW_HASH, field(m, state::ROW_HASH)?, true),
+    ];
+    for v in values {
+        fields.push(Field::new(v, field(m, v)?, true));
+    }
+    Ok(Arc::new(Schema::new(fields)))
 }
 
 #[async_trait]
@@ -217,8 +226,8 @@ struct Columns {
     /// Absent when not asked for: the scan then leaves them out of the state's plan.
     s_contact_id: Option<usize>,
     s_status: Option<usize>,
-    /// Which model columns the output is built from, by index.
-    held: Vec<bool>,
+    /// The model columns the output is built from, by index, ascending.
+    held: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -246,7 +255,8 @@ impl ClassifyExec {
         projection: Option<Vec<usize>>,
     ) -> Result<Self> {
         let (m, s) = (model.schema(), state.schema());
-        let cols = Columns {
+        let wanted = |column: usize| projection.as_ref().is_none_or(|p| p.contains(&column));
+        let mut cols = Columns {
             raw: m.index_of(RAW_IDENTIFIER)?,
             ident: m.index_of(state::IDENTIFIER)?,
             known: m.index_of(KNOWN_CONTACT_ID)?,
@@ -256,23 +266,24 @@ impl ClassifyExec {
             s_hash: s.index_of(S_HASH)?,
             s_contact_id: s.index_of(S_CONTACT_ID).ok(),
             s_status: s.index_of(S_STATUS).ok(),
-            held: vec![false; m.fields().len()],
+            held: Vec::new(),
         };
-        let mut cols = cols;
-        let wanted = |column: usize| projection.as_ref().is_none_or(|p| p.contains(&column));
-        for (column, at) in [
+        let fixed = [
             (COL_IDENTIFIER, cols.ident),
             (COL_RAW, cols.raw),
             (COL_KNOWN, cols.known),
             (COL_ROW_HASH, cols.hash),
-        ] {
-            cols.held[at] |= wanted(column);
-        }
-        for (i, at) in cols.values.clone().into_iter().enumerate() {
-            if let Some(at) = at {
-                cols.held[at] |= wanted(FIXED_COLUMNS + i);
-            }
-        }
+        ];
+        let values = (cols.values.iter().enumerate())
+            .filter_map(|(i, at)| Some((FIXED_COLUMNS + i, (*at)?)));
+        cols.held = fixed
+            .into_iter()
+            .chain(values)
+            .filter(|(column, _)| wanted(*column))
+            .map(|(_, at)| at)
+            .collect();
+        cols.held.sort_unstable();
+        cols.held.dedup();
         if wanted_state(projection.as_deref())
             && (cols.s_contact_id.is_none() || cols.s_status.is_none())
         {
@@ -386,12 +397,9 @@ impl ExecutionPlan for ClassifyExec {
 const PART_BITS: u32 = 8;
 const PARTS: usize = 1 << PART_BITS;
 
-/// A buffered model batch: the columns the output is built from (by the model's column
-/// index, None for those not asked for: once partitioned, a plan needs no row hashes).
-struct ModelBatch {
-    columns: Vec<Option<ArrayRef>>,
-    rows: usize,
-}
+/// A buffered model batch: only the columns the output is built from (`Columns::held`;
+/// once partitioned, a plan needs no row hashes).
+type ModelBatch = RecordBatch;
 
 /// A buffered state batch's compact columns (contactIds and statuses only when asked for).
 struct StateBatch {
@@ -743,19 +751,11 @@ impl Job {
         };
         let with = (self.seed, Some(self.key));
         scatter(&ids, hashes, self.model.len(), with, &mut self.model_parts);
-        let columns: Vec<Option<ArrayRef>> = (batch.columns().iter().zip(&self.cols.held))
-            .map(|(a, held)| held.then(|| Arc::clone(a)))
-            .collect();
+        let held = batch.project(&self.cols.held)?;
         // The held columns' buffers, each counted once (columns read from a bucket's file
         // share one), and per row its partition entry (48 bytes) and its verdict's output.
-        let held: Vec<usize> = (columns.iter().enumerate())
-            .filter_map(|(i, a)| a.as_ref().map(|_| i))
-            .collect();
-        let bytes = self.counted.count_batch(&batch.project(&held)?) + ids.len() * 64;
-        self.model.push(ModelBatch {
-            columns,
-            rows: batch.num_rows(),
-        });
+        let bytes = self.counted.count_batch(&held) + ids.len() * 64;
+        self.model.push(held);
         self.charge(bytes)
     }
 
@@ -835,7 +835,7 @@ impl Job {
         let time = self.phase[3].clone();
         let _timer = time.timer();
         let mb = &self.model[b];
-        let rows = mb.rows;
+        let rows = mb.num_rows();
         let mut kinds = StringBuilder::with_capacity(rows, rows * 8);
         let mut reasons = StringBuilder::with_capacity(rows, 0);
         let mut contact_ids = StringBuilder::with_capacity(rows, rows * 4);
@@ -877,9 +877,10 @@ impl Job {
         let take_rows = take_rows.map(UInt32Array::from);
         let kinds_len = kinds.len();
         let col = |c: usize| -> Result<ArrayRef> {
-            let Some(a) = &mb.columns[c] else {
+            let Ok(at) = self.cols.held.binary_search(&c) else {
                 return internal_err!("ClassifyExec: model column {c} was not held");
             };
+            let a = mb.column(at);
             Ok(match &take_rows {
                 Some(t) => take(a.as_ref(), t, None)?,
                 None => Arc::clone(a),
@@ -1050,6 +1051,16 @@ mod tests {
         ]))
     }
 
+    /// The compact state's columns.
+    fn state_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            field(S_ID, DataType::Utf8),
+            field(S_HASH, DataType::FixedSizeBinary(16)),
+            field(S_CONTACT_ID, DataType::Utf8),
+            field(S_STATUS, DataType::Utf8),
+        ]))
+    }
+
     /// Model rows with these identifiers and row hashes.
     fn model_batch(ids: &[&str], row_hashes: &[Option<u8>]) -> RecordBatch {
         let text = |p: &str| -> ArrayRef {
@@ -1072,30 +1083,13 @@ mod tests {
     fn job(projection: Option<Vec<usize>>, expected: usize) -> Job {
         use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
         use datafusion::physical_plan::empty::EmptyExec;
-        let hash = DataType::FixedSizeBinary(16);
-        let state = Arc::new(Schema::new(vec![
-            field(S_ID, DataType::Utf8),
-            field(S_HASH, hash.clone()),
-            field(S_CONTACT_ID, DataType::Utf8),
-            field(S_STATUS, DataType::Utf8),
-        ]));
-        let full = Arc::new(Schema::new(vec![
-            field(KIND, DataType::Utf8),
-            field(state::IDENTIFIER, DataType::Utf8),
-            field(RAW_IDENTIFIER, DataType::Utf8),
-            field(REASON, DataType::Utf8),
-            field(KNOWN_CONTACT_ID, DataType::Utf8),
-            field(state::CONTACT_ID, DataType::Utf8),
-            field(PREV_STATUS, DataType::Utf8),
-            field(state::ROW_HASH, hash),
-            field("a", DataType::Utf8),
-            field("b", DataType::Utf8),
-        ]));
+        let values = ["a".to_string(), "b".to_string()];
+        let full = output_schema(&model_schema(), &state_schema(), &values).unwrap();
         let exec = ClassifyExec::try_new(
             Arc::new(EmptyExec::new(model_schema())),
-            Arc::new(EmptyExec::new(state)),
+            Arc::new(EmptyExec::new(state_schema())),
             Key::Email,
-            &["a".to_string(), "b".to_string()],
+            &values,
             expected,
             full,
             projection,
@@ -1152,12 +1146,7 @@ mod tests {
         ))
         .unwrap();
         let state = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                field(S_ID, DataType::Utf8),
-                field(S_HASH, DataType::FixedSizeBinary(16)),
-                field(S_CONTACT_ID, DataType::Utf8),
-                field(S_STATUS, DataType::Utf8),
-            ])),
+            state_schema(),
             vec![
                 Arc::new(StringArray::from(vec!["twice@x.se", "twice@x.se"])),
                 Arc::new(hashes(&[Some(1), Some(2)])),

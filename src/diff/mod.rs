@@ -163,23 +163,14 @@ pub async fn plan(
         st = quote(state::STATUS),
     );
 
-    // Buckets: 1 unless the state's identifiers would not fit half the memory pool (the
-    // model runs beside an unbucketed classification and takes the other half), or a
-    // quarter when the classification also holds the rows' values (staging, which this
-    // estimate does not count); a sliced model (too large for memory by the user's own
-    // account) gets at least as many.
     let state_rows = manifest.map_or(0, |m| m.snapshot_rows);
-    let buckets = if settings.limits.diff_partitions > 0 {
-        settings.limits.diff_partitions
-    } else {
-        let budget = settings.limits.memory_limit_mb * 1024 * 1024 / if wide { 4 } else { 2 };
-        ((state_rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)) as u32).min(MAX_AUTO_BUCKETS)
-    }
-    .max(if settings.slices.count > 1 {
-        (settings.slices.count * BUCKETS_PER_SLICE).min(MAX_AUTO_BUCKETS.max(settings.slices.count))
-    } else {
-        1
-    });
+    let buckets = bucket_count(
+        settings.limits.diff_partitions,
+        settings.limits.memory_limit_mb,
+        settings.slices.count,
+        state_rows,
+        wide,
+    );
     let values = if wide {
         rules
             .attr_cols
@@ -320,6 +311,32 @@ pub async fn plan(
         attributes,
         _spill: slice_files.into_iter().collect(),
     })
+}
+
+/// Identifier buckets: `diff_partitions` when set; else 1 unless the state's identifiers
+/// would not fit half the memory pool (the model runs beside an unbucketed classification
+/// and takes the other half), or a quarter when the classification also holds the rows'
+/// values (staging, `wide`, which this estimate does not count). A sliced model (too large
+/// for memory by the user's own account) gets at least `BUCKETS_PER_SLICE` per slice.
+fn bucket_count(
+    diff_partitions: u32,
+    memory_limit_mb: u64,
+    slices: u32,
+    state_rows: u64,
+    wide: bool,
+) -> u32 {
+    let chosen = if diff_partitions > 0 {
+        diff_partitions
+    } else {
+        let budget = memory_limit_mb * 1024 * 1024 / if wide { 4 } else { 2 };
+        ((state_rows * BYTES_PER_STATE_ROW).div_ceil(budget.max(1)) as u32).min(MAX_AUTO_BUCKETS)
+    };
+    let sliced = if slices > 1 {
+        (slices * BUCKETS_PER_SLICE).min(MAX_AUTO_BUCKETS.max(slices))
+    } else {
+        1
+    };
+    chosen.max(sliced)
 }
 
 /// The change set of `model` (the projection's columns) against the compact `state`, as
@@ -590,5 +607,29 @@ pub fn log_metrics(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) {
         .indent(true)
         .to_string();
         tracing::trace!("executed plan with metrics:\n{shown}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_follow_the_snapshot_the_pool_and_the_slices() {
+        // 1 M identifiers at 320 bytes: 305 MiB.
+        let rows = 1_000_000;
+        // A plan (narrow) may use half of the pool, staging (wide) a quarter.
+        assert_eq!(bucket_count(0, 1024, 1, rows, false), 1);
+        assert_eq!(bucket_count(0, 1024, 1, rows, true), 2);
+        assert_eq!(bucket_count(0, 512, 1, rows, false), 2);
+        assert_eq!(bucket_count(0, 512, 1, rows, true), 3);
+        // No snapshot, no buckets; never more than MAX_AUTO_BUCKETS of our own choosing.
+        assert_eq!(bucket_count(0, 64, 1, 0, true), 1);
+        assert_eq!(bucket_count(0, 64, 1, 1 << 40, true), MAX_AUTO_BUCKETS);
+        // The user's number wins, but slices still get four buckets each.
+        assert_eq!(bucket_count(7, 64, 1, rows, true), 7);
+        assert_eq!(bucket_count(7, 64, 8, rows, true), 32);
+        assert_eq!(bucket_count(0, 12000, 8, rows, false), 32);
+        assert_eq!(bucket_count(0, 12000, 300, 0, false), 300);
     }
 }
