@@ -3,7 +3,7 @@
 //! In SQL this is a grouped count of identifiers joined back to every row, then a full outer
 //! join with the state: three hash tables, each input repartitioned by identifier, and each
 //! stage waiting for the one below. Here both inputs are read side by side as they stream
-//! in: each row's identifier goes, as its 128-bit hash with its row's place and row hash
+//! in: each row's identifier goes, as its 128-bit hash with its row's number and row hash
 //! (and, for the model, whether it breaks the key's rules), to one of 256 partitions by the
 //! top bits of that hash. Once both inputs end, the partitions are joined on the session's
 //! threads (each partition's tables fit the CPU caches): model rows are matched with state
@@ -19,9 +19,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::NullBufferBuilder;
+use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{
-    Array, ArrayBuilder, ArrayRef, FixedSizeBinaryArray, StringBuilder, UInt32Array, new_null_array,
+    Array, ArrayRef, FixedSizeBinaryArray, StringBuilder, StringViewArray, UInt32Array,
+    new_null_array,
 };
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -73,8 +77,13 @@ const COL_ROW_HASH: usize = 7;
 const FIXED_COLUMNS: usize = 8;
 /// Rows per output batch of deletions.
 const DELETED_BATCH: usize = 8192;
-/// A state row's place: batch in the high 32 bits, row in the low 32; NONE for no row.
-const NONE: u64 = u64::MAX;
+/// A row of one side, numbered across its batches in arrival order; NONE for no row.
+type Row = u32;
+const NONE: Row = Row::MAX;
+/// What each held row costs besides its columns: a model row's partition entry and its
+/// verdict's share of the output; a state row's entry and its place in the deletions.
+const MODEL_ROW_BYTES: usize = 48;
+const STATE_ROW_BYTES: usize = 40;
 
 /// The change set of one model frame against one compact state frame, as a table.
 #[derive(Debug)]
@@ -127,10 +136,10 @@ fn output_schema(m: &Schema, s: &Schema, values: &[String]) -> Result<SchemaRef>
         return internal_err!("the state's and the model's row hashes differ in type");
     }
     let mut fields = vec![
-        Field::new(KIND, DataType::Utf8, true),
+        Field::new(KIND, DataType::Utf8View, true),
         Field::new(state::IDENTIFIER, field(m, state::IDENTIFIER)?, true),
         Field::new(RAW_IDENTIFIER, field(m, RAW_IDENTIFIER)?, true),
-        Field::new(REASON, DataType::Utf8, true),
+        Field::new(REASON, DataType::Utf8View, true),
         Field::new(KNOWN_CONTACT_ID, field(m, KNOWN_CONTACT_ID)?, true),
         Field::new(state::CONTACT_ID, DataType::Utf8, true),
         Field::new(PREV_STATUS, DataType::Utf8, true),
@@ -421,6 +430,41 @@ const REASONS: [&str; 4] = [
     identity::REASON_DUPLICATE,
 ];
 
+/// The change kinds, by `kind_of`.
+const KINDS: [&str; 5] = [NEW, CHANGED, UNCHANGED, INVALID, DELETED];
+const KIND_DELETED: usize = 4;
+
+fn kind_of(verdict: u8) -> usize {
+    usize::from(verdict.min(V_INVALID))
+}
+
+/// A column holding one of a few strings (or null) per row, as views: the strings are
+/// written once and each row's view points at one (short ones are held in the view
+/// itself), so a row costs 16 bytes and no copy.
+fn few_strings(strings: &[&str], rows: impl ExactSizeIterator<Item = Option<usize>>) -> ArrayRef {
+    let mut bytes = Vec::new();
+    let mut views = Vec::with_capacity(strings.len());
+    for s in strings {
+        views.push(make_view(s.as_bytes(), 0, bytes.len() as u32));
+        if s.len() > 12 {
+            bytes.extend_from_slice(s.as_bytes());
+        }
+    }
+    let mut nulls = NullBufferBuilder::new(rows.len());
+    let out: Vec<u128> = rows
+        .map(|r| {
+            nulls.append(r.is_some());
+            r.map_or(0, |r| views[r])
+        })
+        .collect();
+    // SAFETY: each view is 0 under a null or made by `make_view` from a `str` that, when
+    // longer than a view holds, was written to the one buffer at that offset.
+    let a = unsafe {
+        StringViewArray::new_unchecked(out.into(), vec![Buffer::from_vec(bytes)], nulls.finish())
+    };
+    Arc::new(a)
+}
+
 fn invalid(reason: &str) -> u8 {
     V_INVALID + REASONS.iter().position(|r| *r == reason).unwrap_or(0) as u8
 }
@@ -435,27 +479,27 @@ struct Matches {
     cursors: Vec<usize>,
     /// Further (state row, verdict) of identifiers the state holds more than once (a state
     /// should have none), by model row.
-    more: HashMap<u64, Vec<(u64, u8)>>,
+    more: HashMap<Row, Vec<(Row, u8)>>,
     /// State rows no model row claimed.
-    deleted: Vec<u64>,
+    deleted: Vec<Row>,
 }
 
 impl Matches {
-    /// Batch `b`'s verdicts and first state rows (NONE for none), from the front of each
-    /// partition: batches are read back in order. Rows without an identifier are in no
-    /// partition: their verdict stays "empty".
-    fn read_back(&mut self, b: usize, rows: usize) -> (Vec<u8>, Vec<u64>) {
+    /// The verdicts and first state rows (NONE for none) of the batch of `rows` model rows
+    /// from row `start`, from the front of each partition: batches are read back in order.
+    /// Rows without an identifier are in no partition: their verdict stays "empty".
+    fn read_back(&mut self, start: Row, rows: usize) -> (Vec<u8>, Vec<Row>) {
         let mut verdicts = vec![invalid(identity::REASON_EMPTY); rows];
         let mut states = vec![NONE; rows];
         for (p, part) in self.model_parts.iter().enumerate() {
             let at = &mut self.cursors[p];
             while let Some(e) = part.get(*at)
-                && unplace(e.place).0 == b
+                && ((e.row - start) as usize) < rows
             {
-                let r = unplace(e.place).1;
-                verdicts[r] = e.verdict;
+                let r = (e.row - start) as usize;
+                verdicts[r] = e.verdict();
                 if e.matched != NO_MATCH {
-                    states[r] = self.state_parts[p][e.matched as usize].place;
+                    states[r] = self.state_parts[p][e.matched as usize].row;
                 }
                 *at += 1;
             }
@@ -481,6 +525,9 @@ struct Job {
     /// The buffers of `model` charged to the pool so far.
     counted: RecordBatchMemoryCounter,
     state: Vec<StateBatch>,
+    /// Each side's first row of each batch, then its row count.
+    model_starts: Vec<Row>,
+    state_starts: Vec<Row>,
     /// Each side's identifiers, by partition.
     model_parts: Vec<Part>,
     state_parts: Vec<Part>,
@@ -490,42 +537,78 @@ struct Job {
     next_deleted: usize,
 }
 
-fn place(batch: usize, row: usize) -> u64 {
-    ((batch as u64) << 32) | row as u64
-}
-
-fn unplace(at: u64) -> (usize, usize) {
-    ((at >> 32) as usize, at as u32 as usize)
-}
-
 fn part_of(id: u128) -> usize {
     (id >> (128 - PART_BITS)) as usize
 }
 
 /// One identifier of one side, copied next to the others of its partition so that joining
 /// a partition reads memory that is close together. Identifiers are compared by their
-/// 128-bit XXH3 hash rather than their bytes: two different identifiers share one with a
-/// probability below 10^-23 even among 30 M rows, and no bytes need copying. The hash is
+/// 128-bit XXH3 hash rather than their bytes, less the top 8 bits that choose the partition
+/// (the same for all of its entries): two different identifiers share the other 120 with a
+/// probability below 10^-21 even among 30 M rows, and no bytes need copying. The hash is
 /// seeded at random for each classification, so identifiers cannot be chosen in advance
 /// (an e-mail address signed up with) to collide with someone else's.
+///
+/// Row hashes are compared by their first 8 bytes: a changed row passes for unchanged only
+/// if its new hash agrees with its own old one there, a chance of 2^-64 per changed row.
 #[derive(Clone, Copy)]
 struct Entry {
+    /// The identifier's hash, with `flags` in the top 8 bits instead of the partition.
     id: u128,
-    place: u64,
-    row_hash: [u8; 16],
+    row_hash: u64,
+    row: Row,
     /// Model side, after the join: the first state row with this identifier (its index in
     /// the same partition), or NO_MATCH.
     matched: u32,
-    /// False for a null row hash (never equal to anything, as in SQL).
-    has_hash: bool,
-    /// Model side: the verdict of an identifier that breaks the key's rules, else 0; after
-    /// the join, the row's verdict.
-    verdict: u8,
+}
+
+/// An entry's flags: whether the row has a row hash (a null one never equals anything, as
+/// in SQL), and on the model side the verdict (of an identifier that breaks the key's
+/// rules, else 0; after the join, the row's).
+const HAS_HASH: u8 = 0x80;
+const VERDICT: u8 = 0x7f;
+const FLAGS_AT: u32 = 128 - PART_BITS;
+const ID_BITS: u128 = (1 << FLAGS_AT) - 1;
+
+impl Entry {
+    fn new(id: u128, row_hash: Option<u64>, row: Row, verdict: u8) -> Self {
+        let flags = verdict | if row_hash.is_some() { HAS_HASH } else { 0 };
+        Entry {
+            id: (id & ID_BITS) | (u128::from(flags) << FLAGS_AT),
+            row_hash: row_hash.unwrap_or_default(),
+            row,
+            matched: NO_MATCH,
+        }
+    }
+
+    /// The identifier's hash as compared (without the partition bits).
+    fn ident(&self) -> u128 {
+        self.id & ID_BITS
+    }
+
+    fn flags(&self) -> u8 {
+        (self.id >> FLAGS_AT) as u8
+    }
+
+    fn verdict(&self) -> u8 {
+        self.flags() & VERDICT
+    }
+
+    fn set_verdict(&mut self, verdict: u8) {
+        let flags = (self.flags() & HAS_HASH) | verdict;
+        self.id = self.ident() | (u128::from(flags) << FLAGS_AT);
+    }
+
+    /// Equal row hashes, neither null.
+    fn same_values(&self, other: &Entry) -> bool {
+        self.flags() & other.flags() & HAS_HASH != 0 && self.row_hash == other.row_hash
+    }
 }
 
 const NO_MATCH: u32 = u32::MAX;
-/// 48 bytes: the join's partitions are read and written whole, so size is time.
-const _: () = assert!(std::mem::size_of::<Entry>() == 48);
+/// 32 bytes: the join's partitions are read and written whole, so size is time.
+const _: () = assert!(std::mem::size_of::<Entry>() == 32);
+const _: () = assert!(V_INVALID as usize + REASONS.len() <= VERDICT as usize);
 
 type Part = Vec<Entry>;
 
@@ -538,9 +621,9 @@ fn low(id: u128) -> u64 {
 #[derive(Default)]
 struct Found {
     /// (model row, state row, verdict) of further state rows with a model row's identifier.
-    more: Vec<(u64, u64, u8)>,
+    more: Vec<(Row, Row, u8)>,
     /// State rows whose identifier no model row has.
-    deleted: Vec<u64>,
+    deleted: Vec<Row>,
 }
 
 /// Joins model and state partitions pairwise: finds each model row's state rows, counts
@@ -580,7 +663,7 @@ fn join_parts(model_parts: &mut [Part], state_parts: &[Part]) -> Found {
         for (i, e) in mp.iter().enumerate() {
             let mut first = None;
             for &j in states.iter_hash(low(e.id)) {
-                if sp[j as usize].id == e.id {
+                if sp[j as usize].ident() == e.ident() {
                     claimed[j as usize] = true;
                     match first {
                         None => first = Some(j),
@@ -593,7 +676,7 @@ fn join_parts(model_parts: &mut [Part], state_parts: &[Part]) -> Found {
                 of_row.push(j);
                 continue;
             }
-            let same = |&n: &u32| mp[new_counts[n as usize].0 as usize].id == e.id;
+            let same = |&n: &u32| mp[new_counts[n as usize].0 as usize].ident() == e.ident();
             let n = match news.find(low(e.id), same) {
                 Some(&n) => n,
                 None => {
@@ -619,38 +702,36 @@ fn join_parts(model_parts: &mut [Part], state_parts: &[Part]) -> Found {
             };
             let seen = *e;
             let verdict = |j: Option<usize>| match j {
-                _ if seen.verdict != 0 => seen.verdict,
+                _ if seen.verdict() != 0 => seen.verdict(),
                 _ if count > 1 => dup,
                 None => V_NEW,
-                Some(j) if seen.has_hash && sp[j].has_hash && seen.row_hash == sp[j].row_hash => {
-                    V_UNCHANGED
-                }
+                Some(j) if seen.same_values(&sp[j]) => V_UNCHANGED,
                 Some(_) => V_CHANGED,
             };
-            e.verdict = verdict(first);
+            e.set_verdict(verdict(first));
             e.matched = first.map_or(NO_MATCH, |j| j as u32);
             while let Some(&(_, j)) = next_extra.next_if(|(row, _)| *row as usize == i) {
                 let j = j as usize;
-                found.more.push((seen.place, sp[j].place, verdict(Some(j))));
+                found.more.push((seen.row, sp[j].row, verdict(Some(j))));
             }
         }
         found.deleted.extend(
             sp.iter()
                 .zip(&claimed)
                 .filter(|(_, c)| !**c)
-                .map(|(e, _)| e.place),
+                .map(|(e, _)| e.row),
         );
     }
     found
 }
 
-/// Adds every identifier of `ids` (batch `b`) to its partition by its hash under `seed`,
-/// with its row hash; with a key (the model's side), with the verdict of an identifier
-/// that breaks its rules.
+/// Adds every identifier of `ids` (rows from `first` on) to its partition by its hash under
+/// `seed`, with its row hash; with a key (the model's side), with the verdict of an
+/// identifier that breaks its rules.
 fn scatter(
     ids: &Strings,
     hashes: &FixedSizeBinaryArray,
-    b: usize,
+    first: Row,
     (seed, key): (u64, Option<Key>),
     parts: &mut [Part],
 ) {
@@ -660,16 +741,24 @@ fn scatter(
             let problem = key
                 .and_then(|k| identity::problem(Some(id), k))
                 .map_or(0, invalid);
-            let row_hash = hashes.is_valid(i).then(|| hashes.value(i).try_into().ok());
-            parts[part_of(h)].push(Entry {
-                id: h,
-                place: place(b, i),
-                row_hash: row_hash.flatten().unwrap_or_default(),
-                matched: NO_MATCH,
-                has_hash: row_hash.flatten().is_some(),
-                verdict: problem,
-            });
+            let row_hash = hashes
+                .is_valid(i)
+                .then(|| hashes.value(i).first_chunk::<8>());
+            let row_hash = row_hash.flatten().map(|b| u64::from_le_bytes(*b));
+            parts[part_of(h)].push(Entry::new(h, row_hash, first + i as Row, problem));
         }
+    }
+}
+
+/// The rows of a side after one more batch of `rows`, or an error past what a `Row` holds.
+fn next_start(starts: &[Row], rows: usize) -> Result<Row> {
+    let first = starts.last().copied().unwrap_or(0);
+    match Row::try_from(rows).ok().and_then(|r| first.checked_add(r)) {
+        Some(end) if end < NONE => Ok(end),
+        _ => Err(DataFusionError::ResourcesExhausted(format!(
+            "change detection takes at most {} rows per bucket; set [limits] diff_partitions higher",
+            NONE - 1
+        ))),
     }
 }
 
@@ -700,6 +789,8 @@ impl Job {
             model: Vec::new(),
             counted: RecordBatchMemoryCounter::new(),
             state: Vec::new(),
+            model_starts: vec![0],
+            state_starts: vec![0],
             // Sized for the expected rows, plus an eighth for new identifiers and skew.
             model_parts: (0..PARTS).map(|_| Vec::with_capacity(per_part)).collect(),
             state_parts: (0..PARTS).map(|_| Vec::with_capacity(per_part)).collect(),
@@ -749,13 +840,16 @@ impl Job {
         let Some(hashes) = hashes.as_any().downcast_ref::<FixedSizeBinaryArray>() else {
             return internal_err!("the model's row hash is {}", hashes.data_type());
         };
+        let end = next_start(&self.model_starts, ids.len())?;
         let with = (self.seed, Some(self.key));
-        scatter(&ids, hashes, self.model.len(), with, &mut self.model_parts);
+        let first = self.model_starts[self.model.len()];
+        scatter(&ids, hashes, first, with, &mut self.model_parts);
         let held = batch.project(&self.cols.held)?;
         // The held columns' buffers, each counted once (columns read from a bucket's file
-        // share one), and per row its partition entry (48 bytes) and its verdict's output.
-        let bytes = self.counted.count_batch(&held) + ids.len() * 64;
+        // share one), and per row its partition entry and its verdict's output.
+        let bytes = self.counted.count_batch(&held) + ids.len() * MODEL_ROW_BYTES;
         self.model.push(held);
+        self.model_starts.push(end);
         self.charge(bytes)
     }
 
@@ -773,15 +867,18 @@ impl Job {
             contact_ids: strings(c.s_contact_id)?,
             statuses: strings(c.s_status)?,
         };
+        let end = next_start(&self.state_starts, sb.ids.len())?;
+        let first = self.state_starts[self.state.len()];
         scatter(
             &sb.ids,
             hashes,
-            self.state.len(),
+            first,
             (self.seed, None),
             &mut self.state_parts,
         );
-        let bytes = get_record_batch_memory_size(&batch) + sb.ids.len() * 56;
+        let bytes = get_record_batch_memory_size(&batch) + sb.ids.len() * STATE_ROW_BYTES;
         self.state.push(sb);
+        self.state_starts.push(end);
         self.charge(bytes)
     }
 
@@ -836,30 +933,24 @@ impl Job {
         let _timer = time.timer();
         let mb = &self.model[b];
         let rows = mb.num_rows();
-        let mut kinds = StringBuilder::with_capacity(rows, rows * 8);
-        let mut reasons = StringBuilder::with_capacity(rows, 0);
+        // Each output row's verdict, written out as kinds and reasons at the end.
+        let mut out = Vec::with_capacity(rows);
         let mut contact_ids = StringBuilder::with_capacity(rows, rows * 4);
         let mut statuses = StringBuilder::with_capacity(rows, rows * 4);
         let mut take_rows: Option<Vec<u32>> = None;
         let none = Vec::new();
         // A count needs no contactIds or statuses: they are read only when asked for.
         let with_state = wanted_state(self.projection.as_deref());
-        let (verdicts, states) = m.read_back(b, rows);
+        let start = self.model_starts[b];
+        let (verdicts, states) = m.read_back(start, rows);
         for i in 0..rows {
             let first = (states[i], verdicts[i]);
             let more = match first.0 {
                 NONE => &none,
-                _ => m.more.get(&place(b, i)).unwrap_or(&none),
+                _ => m.more.get(&(start + i as Row)).unwrap_or(&none),
             };
             for (n, &(at, v)) in std::iter::once(&first).chain(more).enumerate() {
-                let (kind, reason) = match v {
-                    V_NEW => (NEW, None),
-                    V_CHANGED => (CHANGED, None),
-                    V_UNCHANGED => (UNCHANGED, None),
-                    r => (INVALID, Some(REASONS[usize::from(r - V_INVALID)])),
-                };
-                kinds.append_value(kind);
-                reasons.append_option(reason);
+                out.push(v);
                 if with_state {
                     contact_ids.append_option(self.state_str(at, |s| s.contact_ids.as_ref()));
                     statuses.append_option(self.state_str(at, |s| s.statuses.as_ref()));
@@ -875,7 +966,7 @@ impl Job {
             }
         }
         let take_rows = take_rows.map(UInt32Array::from);
-        let kinds_len = kinds.len();
+        let kinds_len = out.len();
         let col = |c: usize| -> Result<ArrayRef> {
             let Ok(at) = self.cols.held.binary_search(&c) else {
                 return internal_err!("ClassifyExec: model column {c} was not held");
@@ -887,14 +978,17 @@ impl Job {
             })
         };
         let c = &self.cols;
-        let (mut kinds, mut reasons) = (Some(kinds), Some(reasons));
         let (mut contact_ids, mut statuses) = (Some(contact_ids), Some(statuses));
         self.output(kinds_len, |i| {
             Ok(match i {
-                0 => Arc::new(kinds.take().expect("one column 0").finish()),
+                0 => few_strings(&KINDS, out.iter().map(|&v| Some(kind_of(v)))),
                 COL_IDENTIFIER => col(c.ident)?,
                 COL_RAW => col(c.raw)?,
-                3 => Arc::new(reasons.take().expect("one column 3").finish()),
+                3 => few_strings(
+                    &REASONS,
+                    out.iter()
+                        .map(|&v| v.checked_sub(V_INVALID).map(usize::from)),
+                ),
                 COL_KNOWN => col(c.known)?,
                 COL_CONTACT_ID => {
                     state_column(contact_ids.take().expect("one"), with_state, kinds_len)
@@ -912,7 +1006,7 @@ impl Job {
     }
 
     /// State rows `places` as deletions.
-    fn deleted(&self, places: &[u64]) -> Result<RecordBatch> {
+    fn deleted(&self, places: &[Row]) -> Result<RecordBatch> {
         let time = self.phase[3].clone();
         let _timer = time.timer();
         let n = places.len();
@@ -926,11 +1020,7 @@ impl Job {
         self.output(n, |i| {
             let t = self.full.field(i).data_type();
             Ok(match i {
-                0 => {
-                    let mut k = StringBuilder::with_capacity(n, n * DELETED.len());
-                    (0..n).for_each(|_| k.append_value(DELETED));
-                    Arc::new(k.finish()) as ArrayRef
-                }
+                0 => few_strings(&KINDS, (0..n).map(|_| Some(KIND_DELETED))),
                 COL_IDENTIFIER => cast(&strings(&|s| Some(&s.ids)), t)?,
                 COL_CONTACT_ID => strings(&|s| s.contact_ids.as_ref()),
                 COL_PREV_STATUS => strings(&|s| s.statuses.as_ref()),
@@ -939,12 +1029,12 @@ impl Job {
         })
     }
 
-    fn state_str(&self, at: u64, f: impl Fn(&StateBatch) -> Option<&Strings>) -> Option<&str> {
+    fn state_str(&self, at: Row, f: impl Fn(&StateBatch) -> Option<&Strings>) -> Option<&str> {
         if at == NONE {
             return None;
         }
-        let (b, r) = unplace(at);
-        f(&self.state[b])?.get(r)
+        let b = self.state_starts.partition_point(|&s| s <= at) - 1;
+        f(&self.state[b])?.get((at - self.state_starts[b]) as usize)
     }
 
     /// The output batch of the projected columns, each built by `column(index in the full
@@ -1028,7 +1118,13 @@ mod tests {
             let ids: ArrayRef = Arc::new(StringArray::from(ids.to_vec()));
             let ids = Strings::new(&ids).expect("strings");
             let hashes = hashes(row_hashes);
-            scatter(&ids, &hashes, b, (7, Some(Key::Email)), &mut parts);
+            scatter(
+                &ids,
+                &hashes,
+                (b * batch) as Row,
+                (7, Some(Key::Email)),
+                &mut parts,
+            );
         }
         parts
     }
@@ -1132,9 +1228,12 @@ mod tests {
         };
         // Every column is held (no projection), its shared buffer charged once, plus each
         // row's partition entry.
-        assert_eq!(charged(None, read), once + rows * 64);
+        assert_eq!(charged(None, read), once + rows * MODEL_ROW_BYTES);
         // A count holds only the identifiers: not the row hashes, values or contactIds.
-        assert_eq!(charged(Some(vec![0, 1, 2, 3]), batch), ids_only + rows * 64);
+        assert_eq!(
+            charged(Some(vec![0, 1, 2, 3]), batch),
+            ids_only + rows * MODEL_ROW_BYTES
+        );
     }
 
     #[test]
@@ -1182,6 +1281,75 @@ mod tests {
                 "unchanged twice@x.se a-twice@x.se Some(\"c1\")",
             ]
         );
+    }
+
+    #[test]
+    fn an_entry_keeps_its_identifier_row_hash_and_verdict_apart() {
+        let id = u128::MAX - 5;
+        let mut e = Entry::new(id, Some(9), 3, invalid(identity::REASON_PHONE));
+        assert_eq!(e.verdict(), invalid(identity::REASON_PHONE));
+        e.set_verdict(V_UNCHANGED);
+        assert_eq!(
+            (e.verdict(), e.ident(), e.row),
+            (V_UNCHANGED, id & ID_BITS, 3)
+        );
+        // Same identifier in another partition's bits, same row hash: same values.
+        let other = Entry::new(id & ID_BITS, Some(9), 4, 0);
+        assert_eq!(other.ident(), e.ident());
+        assert!(e.same_values(&other));
+        assert!(!e.same_values(&Entry::new(id, Some(8), 4, 0)));
+        // A null row hash equals nothing, not even another null one.
+        let null = Entry::new(id, None, 5, 0);
+        assert!(!null.same_values(&null) && !e.same_values(&null));
+    }
+
+    #[test]
+    fn kinds_and_reasons_are_views_of_strings_written_once() {
+        use datafusion::arrow::array::AsArray;
+        let verdicts = [
+            V_NEW,
+            invalid(identity::REASON_DUPLICATE),
+            V_UNCHANGED,
+            V_CHANGED,
+        ];
+        let kinds = few_strings(&KINDS, verdicts.iter().map(|&v| Some(kind_of(v))));
+        let reasons = few_strings(
+            &REASONS,
+            verdicts
+                .iter()
+                .map(|&v| v.checked_sub(V_INVALID).map(usize::from)),
+        );
+        let (kinds, reasons) = (kinds.as_string_view(), reasons.as_string_view());
+        let kinds: Vec<&str> = kinds.iter().map(Option::unwrap).collect();
+        assert_eq!(kinds, [NEW, INVALID, UNCHANGED, CHANGED]);
+        let reasons: Vec<Option<&str>> = reasons.iter().collect();
+        assert_eq!(
+            reasons,
+            [None, Some(identity::REASON_DUPLICATE), None, None]
+        );
+        // Each long reason is written once, whatever the rows.
+        let long: usize = REASONS.iter().map(|r| r.len()).filter(|&n| n > 12).sum();
+        assert_eq!(reasons_bytes(&REASONS), long);
+        let deleted = few_strings(&KINDS, (0..3).map(|_| Some(KIND_DELETED)));
+        assert_eq!(deleted.as_string_view().value(2), DELETED);
+    }
+
+    fn reasons_bytes(strings: &[&str]) -> usize {
+        use datafusion::arrow::array::AsArray;
+        let a = few_strings(strings, (0..1000).map(|i| Some(i % strings.len())));
+        a.as_string_view()
+            .data_buffers()
+            .iter()
+            .map(|b| b.len())
+            .sum()
+    }
+
+    #[test]
+    fn rows_past_what_a_row_number_holds_are_refused() {
+        assert_eq!(next_start(&[0, 10], 5).unwrap(), 15);
+        let err = next_start(&[0, NONE - 10], 10).unwrap_err();
+        assert!(err.to_string().contains("diff_partitions"), "{err}");
+        assert_eq!(next_start(&[0, NONE - 10], 9).unwrap(), NONE - 1);
     }
 
     #[test]
@@ -1242,7 +1410,7 @@ mod tests {
                 deleted: Vec::new(),
             };
             let (mut verdicts, mut states) = m.read_back(0, 5);
-            let (v1, s1) = m.read_back(1, 4);
+            let (v1, s1) = m.read_back(5, 4);
             verdicts.extend(v1);
             states.extend(s1);
             // Every entry was read back with its batch.
@@ -1256,10 +1424,10 @@ mod tests {
             let email = invalid(identity::REASON_EMAIL);
             let empty = invalid(identity::REASON_EMPTY);
             // "repeated" matches two state rows, hashes 7 (unchanged) and 8 (changed).
-            let (first, second) = if states[8] == place(0, 5) {
-                (V_UNCHANGED, (place(0, 6), V_CHANGED))
+            let (first, second) = if states[8] == 5 {
+                (V_UNCHANGED, (6, V_CHANGED))
             } else {
-                (V_CHANGED, (place(0, 5), V_UNCHANGED))
+                (V_CHANGED, (5, V_UNCHANGED))
             };
             assert_eq!(
                 verdicts,
@@ -1275,15 +1443,15 @@ mod tests {
                     first
                 ]
             );
-            assert_eq!(&states[..3], &[place(0, 0), place(0, 1), NONE]);
+            assert_eq!(&states[..3], &[0, 1, NONE]);
             // Both duplicates keep the state row, so it is not deleted.
-            assert_eq!(states[3], place(0, 2));
-            assert_eq!(states[4], place(0, 2));
-            let more: Vec<(u64, u64, u8)> = found.iter().flat_map(|f| f.more.clone()).collect();
-            let deleted: Vec<u64> = found.iter().flat_map(|f| f.deleted.clone()).collect();
+            assert_eq!(states[3], 2);
+            assert_eq!(states[4], 2);
+            let more: Vec<(Row, Row, u8)> = found.iter().flat_map(|f| f.more.clone()).collect();
+            let deleted: Vec<Row> = found.iter().flat_map(|f| f.deleted.clone()).collect();
             // The state holds "repeated" twice: the second row comes out too.
-            assert_eq!(more, [(place(1, 3), second.0, second.1)]);
-            assert_eq!(deleted, [place(0, 3)]);
+            assert_eq!(more, [(8, second.0, second.1)]);
+            assert_eq!(deleted, [3]);
         }
     }
 }

@@ -32,6 +32,7 @@ use crate::error::{Error, Result, df_message};
 use crate::identity;
 use crate::spill;
 use crate::state::{self, Manifest, quote};
+use crate::strings::Strings;
 
 /// Column names of the classified change set (attribute columns follow, by attribute name).
 pub const KIND: &str = "_kind";
@@ -529,13 +530,19 @@ pub struct Tally {
 impl Tally {
     /// Counts one classified batch (which must hold `_kind`, `_identifier`,
     /// `_raw_identifier` and `_reason`) and returns each row's kind.
-    pub fn add(&mut self, batch: &RecordBatch) -> Result<StringArray> {
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<Strings> {
         let col = |name: &str| string_column(batch, name);
-        let kinds = col(KIND)?;
+        // Read in place: kinds arrive as views, and a cast would copy every one.
+        let kinds = batch
+            .column_by_name(KIND)
+            .map(Strings::new)
+            .transpose()
+            .map_err(|e| Error::Internal(format!("change set column {KIND}: {e}")))?
+            .ok_or_else(|| Error::Internal(format!("change set has no column {KIND}")))?;
         // Identifiers and reasons are read only for samples: casting them costs a copy.
         let mut sampled = None;
         for i in 0..batch.num_rows() {
-            let kind = kinds.value(i);
+            let kind = kinds.get(i).unwrap_or_default();
             let c = &mut self.summary.counts;
             match kind {
                 NEW => c.new += 1,

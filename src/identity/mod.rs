@@ -37,6 +37,25 @@ pub fn normalize_into(raw: &str, key: Key, out: &mut String) {
     }
 }
 
+/// Whether `raw` is already what [`normalize`] makes of it, judged without copying it: for
+/// ASCII text, no surrounding whitespace and (for emails) no capitals. Other text is
+/// normalised and compared.
+pub fn is_normalized(raw: &str, key: Key) -> bool {
+    let b = raw.as_bytes();
+    let edges = |c: Option<&u8>| c.is_none_or(|c| !c.is_ascii_whitespace() && *c != 0x0b);
+    // One pass without early exits, so it vectorises: any byte over 0x7f, any capital.
+    let (mut high, mut capitals) = (0u8, false);
+    for &c in b {
+        high |= c;
+        capitals |= c.wrapping_sub(b'A') < 26;
+    }
+    let plain = high < 0x80 && !(capitals && key == Key::Email);
+    if plain {
+        return edges(b.first()) && edges(b.last());
+    }
+    normalize(raw, key) == raw
+}
+
 /// The reason a normalised identifier is invalid on its own, or `None` when it is valid.
 /// (Duplicates are a property of the whole model output and are found in the diff plan.)
 pub fn problem(normalized: Option<&str>, key: Key) -> Option<&'static str> {
@@ -54,10 +73,7 @@ pub fn problem(normalized: Option<&str>, key: Key) -> Option<&'static str> {
 /// `local@domain.tld`: exactly one `@`, no whitespace, a non-empty local part and a domain
 /// holding a dot between non-empty labels.
 fn is_email_shaped(v: &str) -> bool {
-    if v.is_ascii() {
-        return is_ascii_email_shaped(v.as_bytes());
-    }
-    is_email_shaped_chars(v)
+    ascii_email_shape(v.as_bytes()).unwrap_or_else(|| is_email_shaped_chars(v))
 }
 
 fn is_email_shaped_chars(v: &str) -> bool {
@@ -75,25 +91,35 @@ fn is_email_shaped_chars(v: &str) -> bool {
         && !domain.contains("..")
 }
 
-/// [`is_email_shaped`] in one pass over ASCII bytes (ASCII whitespace is tab to carriage
-/// return and space).
-fn is_ascii_email_shaped(b: &[u8]) -> bool {
-    let mut at = None;
+/// [`is_email_shaped`] of ASCII bytes in one pass without early exits (every identifier of
+/// every run goes through it), or None for other text. ASCII whitespace is tab to carriage
+/// return and space.
+fn ascii_email_shape(b: &[u8]) -> Option<bool> {
+    let (mut high, mut ats, mut at, mut space) = (0u8, 0u32, 0usize, false);
+    let (mut domain_dot, mut double_dot, mut prev) = (false, false, 0u8);
     for (i, &c) in b.iter().enumerate() {
-        match c {
-            b'@' if at.is_some() => return false,
-            b'@' => at = Some(i),
-            b' ' | b'\t'..=b'\r' => return false,
-            _ => {}
-        }
+        high |= c;
+        let is_at = c == b'@';
+        ats += u32::from(is_at);
+        at = if is_at { i } else { at };
+        space |= c == b' ' || c.wrapping_sub(b'\t') < 5;
+        let domain = ats > 0 && !is_at;
+        domain_dot |= domain && c == b'.';
+        double_dot |= domain && c == b'.' && prev == b'.';
+        prev = c;
     }
-    let Some(at) = at else { return false };
-    let (local, domain) = (&b[..at], &b[at + 1..]);
-    !local.is_empty()
-        && domain.contains(&b'.')
-        && domain.first() != Some(&b'.')
-        && domain.last() != Some(&b'.')
-        && !domain.windows(2).any(|w| w == b"..")
+    if high >= 0x80 {
+        return None;
+    }
+    Some(
+        ats == 1
+            && !space
+            && at > 0
+            && domain_dot
+            && !double_dot
+            && b.get(at + 1) != Some(&b'.')
+            && b.last() != Some(&b'.'),
+    )
 }
 
 /// `+` followed by a country code (a non-zero digit) and the subscriber number; spaces,
@@ -194,11 +220,14 @@ mod tests {
         assert_eq!(strings.len(), 1 + 9 + 81 + 729 + 6561 + 59049);
         let mut shaped = 0;
         for s in &strings {
-            let fast = is_ascii_email_shaped(s.as_bytes());
-            assert_eq!(fast, is_email_shaped_chars(s), "{s:?}");
-            shaped += usize::from(fast);
+            let fast = ascii_email_shape(s.as_bytes());
+            assert_eq!(fast, Some(is_email_shaped_chars(s)), "{s:?}");
+            shaped += usize::from(fast == Some(true));
         }
         assert!(shaped > 0, "no string was shaped like an email");
+        // Other text is left to the Unicode rules.
+        assert_eq!(ascii_email_shape("å@b.se".as_bytes()), None);
+        assert!(is_email_shaped("å@b.se") && !is_email_shaped("å@b\u{a0}.se"));
     }
 
     #[test]
@@ -206,6 +235,33 @@ mod tests {
         let mut out = String::from("x");
         normalize_into(" Ada@Example.COM\t", Key::Email, &mut out);
         assert_eq!(out, "xada@example.com");
+    }
+
+    #[test]
+    fn normalized_values_are_recognised_without_copying() {
+        let cases = [
+            "a@b.se",
+            "A@b.se",
+            " a@b.se",
+            "a@b.se\t",
+            "a@b.se\x0b",
+            "",
+            "  ",
+            "Å@b.se",
+            "å@b.se",
+            "å@b.se\u{a0}",
+            "+46 70",
+            "\u{2003}+46",
+        ];
+        for key in [Key::Email, Key::MobilePhone, Key::ExternalId] {
+            for raw in cases {
+                assert_eq!(
+                    is_normalized(raw, key),
+                    normalize(raw, key) == raw,
+                    "{raw:?} as {key:?}"
+                );
+            }
+        }
     }
 
     #[test]

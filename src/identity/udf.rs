@@ -2,14 +2,18 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, StringBuilder, UInt32Builder};
+use datafusion::arrow::array::builder::make_view;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, StringBuilder, StringViewArray, UInt32Builder,
+};
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::{bucket, normalize_into, problem, shard};
+use super::{bucket, is_normalized, normalize_into, problem, shard};
 use crate::config::Key;
 use crate::strings::Strings;
 
@@ -75,11 +79,12 @@ impl ScalarUDFImpl for IdUdf {
         &self.signature
     }
 
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(if self.name == BUCKET || self.name == SHARD {
-            DataType::UInt32
-        } else {
-            DataType::Utf8
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(match self.name {
+            BUCKET | SHARD => DataType::UInt32,
+            // Views stay views: most identifiers are already normal and keep their bytes.
+            NORMALIZE if arg_types.first() == Some(&DataType::Utf8View) => DataType::Utf8View,
+            _ => DataType::Utf8,
         })
     }
 
@@ -94,11 +99,11 @@ impl ScalarUDFImpl for IdUdf {
                 each_str(&input, |v| b.append_value(v.map_or(0, |s| f(s, n))))?;
                 Arc::new(b.finish())
             }
+            NORMALIZE if input.data_type() == &DataType::Utf8View => {
+                normalize_views(&input, key_arg(&args.args[1])?)?
+            }
             name => {
-                let key_name = scalar_string(&args.args[1], "identifier key")?;
-                let Some(key) = Key::parse(&key_name) else {
-                    return exec_err!("unknown identifier key {key_name}");
-                };
+                let key = key_arg(&args.args[1])?;
                 let mut b = StringBuilder::with_capacity(rows, rows * 8);
                 let mut buf = String::new();
                 each_str(&input, |v| match v {
@@ -117,8 +122,107 @@ impl ScalarUDFImpl for IdUdf {
     }
 }
 
+fn key_arg(v: &ColumnarValue) -> Result<Key> {
+    let key_name = scalar_string(v, "identifier key")?;
+    match Key::parse(&key_name) {
+        Some(key) => Ok(key),
+        None => exec_err!("unknown identifier key {key_name}"),
+    }
+}
+
+/// Normalises string views without copying the values that are already normal (nearly all
+/// of them): their views are kept, pointing into the input's buffers, and only changed
+/// values are written, into one more buffer. The input itself comes back when none change.
+fn normalize_views(input: &ArrayRef, key: Key) -> Result<ArrayRef> {
+    let a = input.as_string_view();
+    let block = u32::try_from(a.data_buffers().len())
+        .map_err(|_| DataFusionError::Execution("too many string buffers".into()))?;
+    let mut views: Option<Vec<u128>> = None;
+    let mut extra: Vec<u8> = Vec::new();
+    let mut buf = String::new();
+    for i in 0..a.len() {
+        if a.is_null(i) {
+            continue;
+        }
+        let v = a.value(i);
+        if is_normalized(v, key) {
+            continue;
+        }
+        buf.clear();
+        normalize_into(v, key, &mut buf);
+        let offset = u32::try_from(extra.len())
+            .map_err(|_| DataFusionError::Execution("identifiers over 4 GiB".into()))?;
+        let view = make_view(buf.as_bytes(), block, offset);
+        if buf.len() > 12 {
+            extra.extend_from_slice(buf.as_bytes());
+        }
+        views.get_or_insert_with(|| a.views().to_vec())[i] = view;
+    }
+    let Some(views) = views else {
+        return Ok(Arc::clone(input));
+    };
+    let mut buffers = a.data_buffers().to_vec();
+    buffers.push(Buffer::from_vec(extra));
+    // SAFETY: every view is either the input's own (valid for its buffers, which are all
+    // kept at their indices) or made by `make_view` from a `str` whose bytes, when longer
+    // than a view holds inline, were appended to the last buffer at that offset.
+    let out = unsafe { StringViewArray::new_unchecked(views.into(), buffers, a.nulls().cloned()) };
+    Ok(Arc::new(out))
+}
+
 /// Calls `f` with each value of a string-like (or integer) array, read in place.
 fn each_str(array: &ArrayRef, f: impl FnMut(Option<&str>)) -> Result<()> {
     Strings::new(array)?.iter().for_each(f);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::normalize;
+
+    fn views(values: &[Option<&str>]) -> ArrayRef {
+        Arc::new(StringViewArray::from(values.to_vec()))
+    }
+
+    #[test]
+    fn views_come_back_normalised_with_normal_values_kept_in_place() {
+        let values = [
+            Some("someone.long@example.com"),
+            Some("  Someone.Else@Example.COM "),
+            None,
+            Some("A@B.SE"),
+            Some(""),
+            Some("Ärlig.Översten@exempel.se"),
+            Some("x@y.se"),
+        ];
+        let input = views(&values);
+        let out = normalize_views(&input, Key::Email).unwrap();
+        let out = out.as_string_view();
+        assert_eq!(out.len(), values.len());
+        for (i, v) in values.iter().enumerate() {
+            let expected = v.map(|v| normalize(v, Key::Email));
+            assert_eq!(out.is_valid(i).then(|| out.value(i)), expected.as_deref());
+        }
+        // Only the three changed values were written; the long one is in the new buffer.
+        assert_eq!(out.data_buffers().len(), 2);
+        assert_eq!(
+            out.data_buffers()[1].len(),
+            "someone.else@example.com".len() + "ärlig.översten@exempel.se".len()
+        );
+
+        let normal = views(&[Some("someone.long@example.com"), None, Some("a@b.se")]);
+        let same = normalize_views(&normal, Key::Email).unwrap();
+        assert!(
+            Arc::ptr_eq(&same, &normal),
+            "an all-normal batch is passed through"
+        );
+        let phones = views(&[Some(" +46701234567"), Some("+46701234567")]);
+        let out = normalize_views(&phones, Key::MobilePhone).unwrap();
+        let out = out.as_string_view();
+        assert_eq!(
+            (out.value(0), out.value(1)),
+            ("+46701234567", "+46701234567")
+        );
+    }
 }
