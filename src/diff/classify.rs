@@ -288,7 +288,8 @@ impl ClassifyExec {
         cols.held = fixed
             .into_iter()
             .chain(values)
-            .filter(|(column, _)| wanted(*column))
+            // The identifier always: rows the state lacks are checked against the key's rules.
+            .filter(|(column, _)| wanted(*column) || *column == COL_IDENTIFIER)
             .map(|(_, at)| at)
             .collect();
         cols.held.sort_unstable();
@@ -630,7 +631,15 @@ struct Found {
 /// each model identifier and writes each model row's verdict and first state row into its
 /// entry. Most model identifiers are in the state, so they are counted on their state row;
 /// only the others go through a table of their own.
-fn join_parts(model_parts: &mut [Part], state_parts: &[Part]) -> Found {
+///
+/// `check` gives the verdict of a model row whose identifier breaks the key's rules (else
+/// 0). It is asked only of rows the state lacks: the state holds only identifiers that
+/// passed those rules and reached Voyado, so a row with the same one passes them too.
+fn join_parts(
+    model_parts: &mut [Part],
+    state_parts: &[Part],
+    check: &(dyn Fn(Row) -> u8 + Sync),
+) -> Found {
     /// Marks an `of_row` entry as an index into `new_counts` rather than a state row.
     const NEW_ID: u32 = 1 << 31;
     let mut found = Found::default();
@@ -701,8 +710,9 @@ fn join_parts(model_parts: &mut [Part], state_parts: &[Part]) -> Found {
                 (state_counts[o as usize], Some(o as usize))
             };
             let seen = *e;
+            let problem = if first.is_none() { check(seen.row) } else { 0 };
             let verdict = |j: Option<usize>| match j {
-                _ if seen.verdict() != 0 => seen.verdict(),
+                _ if problem != 0 => problem,
                 _ if count > 1 => dup,
                 None => V_NEW,
                 Some(j) if seen.same_values(&sp[j]) => V_UNCHANGED,
@@ -726,27 +736,37 @@ fn join_parts(model_parts: &mut [Part], state_parts: &[Part]) -> Found {
 }
 
 /// Adds every identifier of `ids` (rows from `first` on) to its partition by its hash under
-/// `seed`, with its row hash; with a key (the model's side), with the verdict of an
-/// identifier that breaks its rules.
+/// `seed`, with its row hash.
 fn scatter(
     ids: &Strings,
     hashes: &FixedSizeBinaryArray,
     first: Row,
-    (seed, key): (u64, Option<Key>),
+    seed: u64,
     parts: &mut [Part],
 ) {
     for i in 0..ids.len() {
         if let Some(id) = ids.get(i) {
             let h = xxhash_rust::xxh3::xxh3_128_with_seed(id.as_bytes(), seed);
-            let problem = key
-                .and_then(|k| identity::problem(Some(id), k))
-                .map_or(0, invalid);
             let row_hash = hashes
                 .is_valid(i)
                 .then(|| hashes.value(i).first_chunk::<8>());
             let row_hash = row_hash.flatten().map(|b| u64::from_le_bytes(*b));
-            parts[part_of(h)].push(Entry::new(h, row_hash, first + i as Row, problem));
+            parts[part_of(h)].push(Entry::new(h, row_hash, first + i as Row, 0));
         }
+    }
+}
+
+/// The verdict of a model row (numbered across `ids`' batches from `starts`) whose
+/// identifier breaks `key`'s rules, else 0.
+fn key_check<'a>(
+    key: Key,
+    ids: &'a [Strings],
+    starts: &'a [Row],
+) -> impl Fn(Row) -> u8 + Sync + 'a {
+    move |row| {
+        let b = starts.partition_point(|&s| s <= row) - 1;
+        let id = ids[b].get((row - starts[b]) as usize);
+        identity::problem(id, key).map_or(0, invalid)
     }
 }
 
@@ -841,9 +861,8 @@ impl Job {
             return internal_err!("the model's row hash is {}", hashes.data_type());
         };
         let end = next_start(&self.model_starts, ids.len())?;
-        let with = (self.seed, Some(self.key));
         let first = self.model_starts[self.model.len()];
-        scatter(&ids, hashes, first, with, &mut self.model_parts);
+        scatter(&ids, hashes, first, self.seed, &mut self.model_parts);
         let held = batch.project(&self.cols.held)?;
         // The held columns' buffers, each counted once (columns read from a bucket's file
         // share one), and per row its partition entry and its verdict's output.
@@ -869,13 +888,7 @@ impl Job {
         };
         let end = next_start(&self.state_starts, sb.ids.len())?;
         let first = self.state_starts[self.state.len()];
-        scatter(
-            &sb.ids,
-            hashes,
-            first,
-            (self.seed, None),
-            &mut self.state_parts,
-        );
+        scatter(&sb.ids, hashes, first, self.seed, &mut self.state_parts);
         let bytes = get_record_batch_memory_size(&batch) + sb.ids.len() * STATE_ROW_BYTES;
         self.state.push(sb);
         self.state_starts.push(end);
@@ -892,11 +905,19 @@ impl Job {
         // threads: this runs once both inputs have ended, so the runtime has nothing else
         // of this plan to run meanwhile.)
         let per = PARTS.div_ceil(self.threads.clamp(1, PARTS));
+        let at = self.cols.held.binary_search(&self.cols.ident);
+        let Ok(at) = at else {
+            return internal_err!("ClassifyExec: the identifier column was not held");
+        };
+        let ids = (self.model.iter())
+            .map(|b| Strings::new(b.column(at)))
+            .collect::<Result<Vec<_>>>()?;
+        let check = key_check(self.key, &ids, &self.model_starts);
         let found: Vec<Found> = std::thread::scope(|scope| {
             let running: Vec<_> = model_parts
                 .chunks_mut(per)
                 .zip(state_parts.chunks(per))
-                .map(|(mp, sp)| scope.spawn(|| join_parts(mp, sp)))
+                .map(|(mp, sp)| scope.spawn(|| join_parts(mp, sp, &check)))
                 .collect();
             running
                 .into_iter()
@@ -1111,22 +1132,24 @@ mod tests {
         b.finish()
     }
 
-    /// Partitions of `ids` and their row hashes, split into batches of `batch` rows.
-    fn parts(ids: &[Option<&str>], row_hashes: &[Option<u8>], batch: usize) -> Vec<Part> {
+    /// Partitions of `ids` and their row hashes, split into batches of `batch` rows, with
+    /// those batches' identifiers and first rows.
+    fn parts(
+        ids: &[Option<&str>],
+        row_hashes: &[Option<u8>],
+        batch: usize,
+    ) -> (Vec<Part>, Vec<Strings>, Vec<Row>) {
         let mut parts: Vec<Part> = (0..PARTS).map(|_| Part::default()).collect();
+        let (mut batches, mut starts) = (Vec::new(), vec![0]);
         for (b, (ids, row_hashes)) in ids.chunks(batch).zip(row_hashes.chunks(batch)).enumerate() {
             let ids: ArrayRef = Arc::new(StringArray::from(ids.to_vec()));
             let ids = Strings::new(&ids).expect("strings");
             let hashes = hashes(row_hashes);
-            scatter(
-                &ids,
-                &hashes,
-                (b * batch) as Row,
-                (7, Some(Key::Email)),
-                &mut parts,
-            );
+            scatter(&ids, &hashes, (b * batch) as Row, 7, &mut parts);
+            starts.push(next_start(&starts, ids.len()).unwrap());
+            batches.push(ids);
         }
-        parts
+        (parts, batches, starts)
     }
 
     fn field(name: &str, t: DataType) -> Field {
@@ -1355,7 +1378,7 @@ mod tests {
     #[test]
     fn the_join_gives_every_model_row_one_verdict() {
         // Model rows in two batches (rows 0-4, then 5-8), to read back batch by batch.
-        let model = parts(
+        let (model, model_ids, model_starts) = parts(
             &[
                 Some("same@x.se"),
                 Some("changed@x.se"),
@@ -1380,7 +1403,7 @@ mod tests {
             ],
             5,
         );
-        let state = parts(
+        let (state, _, _) = parts(
             &[
                 Some("same@x.se"),
                 Some("changed@x.se"),
@@ -1393,14 +1416,21 @@ mod tests {
             &[Some(1), Some(9), Some(4), Some(1), None, Some(7), Some(8)],
             8,
         );
+        let rules = key_check(Key::Email, &model_ids, &model_starts);
+        let asked = std::sync::Mutex::new(Vec::new());
+        let check = |row: Row| {
+            asked.lock().unwrap().push(row);
+            rules(row)
+        };
         // One thread, then the partitions split over three: the same answer.
         for threads in [1, 3] {
+            asked.lock().unwrap().clear();
             let per = PARTS.div_ceil(threads);
             let mut model_parts = model.clone();
             let found: Vec<Found> = model_parts
                 .chunks_mut(per)
                 .zip(state.chunks(per))
-                .map(|(mp, sp)| join_parts(mp, sp))
+                .map(|(mp, sp)| join_parts(mp, sp, &check))
                 .collect();
             let mut m = Matches {
                 model_parts,
@@ -1452,6 +1482,10 @@ mod tests {
             // The state holds "repeated" twice: the second row comes out too.
             assert_eq!(more, [(8, second.0, second.1)]);
             assert_eq!(deleted, [3]);
+            // Only the rows the state lacks were checked against the key's rules.
+            let mut asked = asked.lock().unwrap().clone();
+            asked.sort_unstable();
+            assert_eq!(asked, [2, 5]);
         }
     }
 }
