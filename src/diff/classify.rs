@@ -489,7 +489,9 @@ impl Matches {
     /// The verdicts and first state rows (NONE for none) of the batch of `rows` model rows
     /// from row `start`, from the front of each partition: batches are read back in order.
     /// Rows without an identifier are in no partition: their verdict stays "empty".
-    fn read_back(&mut self, start: Row, rows: usize) -> (Vec<u8>, Vec<Row>) {
+    /// State rows are looked up only when `resolve`: else 0 stands for any (a count needs
+    /// no state columns, and each lookup is a random read).
+    fn read_back(&mut self, start: Row, rows: usize, resolve: bool) -> (Vec<u8>, Vec<Row>) {
         let mut verdicts = vec![invalid(identity::REASON_EMPTY); rows];
         let mut states = vec![NONE; rows];
         for (p, part) in self.model_parts.iter().enumerate() {
@@ -500,7 +502,10 @@ impl Matches {
                 let r = (e.row - start) as usize;
                 verdicts[r] = e.verdict();
                 if e.matched != NO_MATCH {
-                    states[r] = self.state_parts[p][e.matched as usize].row;
+                    states[r] = match resolve {
+                        true => self.state_parts[p][e.matched as usize].row,
+                        false => 0,
+                    };
                 }
                 *at += 1;
             }
@@ -932,11 +937,12 @@ impl Job {
         // A count needs no contactIds or statuses: they are read only when asked for.
         let with_state = wanted_state(self.projection.as_deref());
         let start = self.model_starts[b];
-        let (mut verdicts, states) = m.read_back(start, rows);
+        let (mut verdicts, states) = m.read_back(start, rows, with_state);
         self.check_rules(mb, &mut verdicts, &states)?;
         for i in 0..rows {
             let first = (states[i], verdicts[i]);
             let more = match first.0 {
+                _ if m.more.is_empty() => &none,
                 NONE => &none,
                 _ => m.more.get(&(start + i as Row)).unwrap_or(&none),
             };
@@ -1472,8 +1478,8 @@ mod tests {
                 more: HashMap::new(),
                 deleted: Vec::new(),
             };
-            let (mut verdicts, mut states) = m.read_back(0, 5);
-            let (v1, s1) = m.read_back(5, 4);
+            let (mut verdicts, mut states) = m.read_back(0, 5, true);
+            let (v1, s1) = m.read_back(5, 4, true);
             verdicts.extend(v1);
             states.extend(s1);
             // Every entry was read back with its batch.
