@@ -939,7 +939,12 @@ impl Job {
         let start = self.model_starts[b];
         let (mut verdicts, states) = m.read_back(start, rows, with_state);
         self.check_rules(mb, &mut verdicts, &states)?;
-        for i in 0..rows {
+        // A count against a state without repeated identifiers: one row each, as they are.
+        let simple = !with_state && m.more.is_empty();
+        if simple {
+            out = std::mem::take(&mut verdicts);
+        }
+        for i in (0..rows).filter(|_| !simple) {
             let first = (states[i], verdicts[i]);
             let more = match first.0 {
                 _ if m.more.is_empty() => &none,

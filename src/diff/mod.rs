@@ -19,6 +19,7 @@ pub mod stage;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{Array, AsArray, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
@@ -541,7 +542,17 @@ impl Tally {
             .ok_or_else(|| Error::Internal(format!("change set has no column {KIND}")))?;
         // Identifiers and reasons are read only for samples: casting them costs a copy.
         let mut sampled = None;
+        // Most rows are unchanged: as views, they are told by their view alone.
+        let unchanged = make_view(UNCHANGED.as_bytes(), 0, 0);
+        let views = match &kinds {
+            Strings::View(a) => Some(a),
+            _ => None,
+        };
         for i in 0..batch.num_rows() {
+            if views.is_some_and(|a| a.views()[i] == unchanged && a.is_valid(i)) {
+                self.summary.counts.unchanged += 1;
+                continue;
+            }
             let kind = kinds.get(i).unwrap_or_default();
             let c = &mut self.summary.counts;
             match kind {
@@ -620,6 +631,58 @@ pub fn log_metrics(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_are_counted_as_views_and_as_plain_strings() {
+        use datafusion::arrow::array::{ArrayRef, StringViewArray};
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let kinds = [UNCHANGED, NEW, UNCHANGED, DELETED, INVALID, UNCHANGED];
+        let ids: Vec<String> = (0..kinds.len()).map(|i| format!("u{i}@x.se")).collect();
+        let reasons = [None, None, None, None, Some("bad"), None];
+        for view in [true, false] {
+            let text = |v: Vec<Option<&str>>| -> ArrayRef {
+                match view {
+                    true => Arc::new(StringViewArray::from(v)),
+                    false => Arc::new(StringArray::from(v)),
+                }
+            };
+            let t = if view {
+                DataType::Utf8View
+            } else {
+                DataType::Utf8
+            };
+            let schema = Schema::new(
+                [KIND, state::IDENTIFIER, RAW_IDENTIFIER, REASON]
+                    .map(|n| Field::new(n, t.clone(), true))
+                    .to_vec(),
+            );
+            let batch = RecordBatch::try_new(
+                Arc::new(schema),
+                vec![
+                    text(kinds.iter().map(|k| Some(*k)).collect()),
+                    text(ids.iter().map(|i| Some(i.as_str())).collect()),
+                    text(ids.iter().map(|i| Some(i.as_str())).collect()),
+                    text(reasons.to_vec()),
+                ],
+            )
+            .unwrap();
+            let mut tally = Tally::default();
+            tally.add(&batch).unwrap();
+            tally.add(&batch).unwrap();
+            let c = &tally.summary.counts;
+            assert_eq!(
+                [c.new, c.changed, c.unchanged, c.deleted, c.invalid],
+                [2, 0, 6, 2, 2],
+                "views: {view}"
+            );
+            let invalid = &tally.summary.samples[INVALID][0];
+            assert_eq!(invalid.reason.as_deref(), Some("bad"));
+            assert_eq!(
+                tally.summary.samples[NEW][0].identifier.as_deref(),
+                Some("u1@x.se")
+            );
+        }
+    }
 
     #[test]
     fn buckets_follow_the_snapshot_the_pool_and_the_slices() {
