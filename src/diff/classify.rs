@@ -49,6 +49,7 @@ use datafusion::physical_plan::{
 };
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use hashbrown::HashTable;
 
 use super::{
@@ -389,7 +390,7 @@ impl ExecutionPlan for ClassifyExec {
         let out = self.properties().eq_properties.schema().clone();
         let batches = futures::stream::once(job.collect(model, state))
             .map(|job| match job {
-                Ok(job) => futures::stream::iter(job).boxed(),
+                Ok(job) => job.into_stream(),
                 Err(e) => futures::stream::iter([Err(e)]).boxed(),
             })
             .flatten();
@@ -476,8 +477,6 @@ fn invalid(reason: &str) -> u8 {
 struct Matches {
     model_parts: Vec<Part>,
     state_parts: Vec<Part>,
-    /// Per partition, the next model entry to read back.
-    cursors: Vec<usize>,
     /// Further (state row, verdict) of identifiers the state holds more than once (a state
     /// should have none), by model row.
     more: HashMap<Row, Vec<(Row, u8)>>,
@@ -487,15 +486,25 @@ struct Matches {
 
 impl Matches {
     /// The verdicts and first state rows (NONE for none) of the batch of `rows` model rows
-    /// from row `start`, from the front of each partition: batches are read back in order.
-    /// Rows without an identifier are in no partition: their verdict stays "empty".
-    /// State rows are looked up only when `resolve`: else 0 stands for any (a count needs
-    /// no state columns, and each lookup is a random read).
-    fn read_back(&mut self, start: Row, rows: usize, resolve: bool) -> (Vec<u8>, Vec<Row>) {
+    /// from row `start`, read from each partition at `cursors` (its next entry), which
+    /// move past the batch: a reader takes batches in order, passing over the entries of
+    /// batches it skips. Rows without an identifier are in no partition: their verdict
+    /// stays "empty". State rows are looked up only when `resolve`: else 0 stands for any
+    /// (a count needs no state columns, and each lookup is a random read).
+    fn read_back(
+        &self,
+        cursors: &mut [usize],
+        start: Row,
+        rows: usize,
+        resolve: bool,
+    ) -> (Vec<u8>, Vec<Row>) {
         let mut verdicts = vec![invalid(identity::REASON_EMPTY); rows];
         let mut states = vec![NONE; rows];
         for (p, part) in self.model_parts.iter().enumerate() {
-            let at = &mut self.cursors[p];
+            let at = &mut cursors[p];
+            while part.get(*at).is_some_and(|e| e.row < start) {
+                *at += 1;
+            }
             while let Some(e) = part.get(*at)
                 && ((e.row - start) as usize) < rows
             {
@@ -538,7 +547,9 @@ struct Job {
     model_parts: Vec<Part>,
     state_parts: Vec<Part>,
     matches: Option<Matches>,
-    /// Output progress: the next model batch, then the next deletion.
+    /// Output progress: each partition's next entry, the next model batch, then the next
+    /// deletion.
+    cursors: Vec<usize>,
     next_batch: usize,
     next_deleted: usize,
 }
@@ -797,6 +808,7 @@ impl Job {
             model_parts: (0..PARTS).map(|_| Vec::with_capacity(per_part)).collect(),
             state_parts: (0..PARTS).map(|_| Vec::with_capacity(per_part)).collect(),
             matches: None,
+            cursors: vec![0; PARTS],
             next_batch: 0,
             next_deleted: 0,
         }
@@ -905,7 +917,6 @@ impl Job {
         let mut m = Matches {
             model_parts,
             state_parts,
-            cursors: vec![0; PARTS],
             more: HashMap::new(),
             deleted: Vec::new(),
         };
@@ -923,7 +934,7 @@ impl Job {
 
     /// Classifies model batch `b`: one output row per model row, or one per matching state
     /// row when the state holds an identifier more than once.
-    fn classify(&self, b: usize, m: &mut Matches) -> Result<RecordBatch> {
+    fn classify(&self, b: usize, m: &Matches, cursors: &mut [usize]) -> Result<RecordBatch> {
         let time = self.phase[3].clone();
         let _timer = time.timer();
         let mb = &self.model[b];
@@ -937,7 +948,7 @@ impl Job {
         // A count needs no contactIds or statuses: they are read only when asked for.
         let with_state = wanted_state(self.projection.as_deref());
         let start = self.model_starts[b];
-        let (mut verdicts, states) = m.read_back(start, rows, with_state);
+        let (mut verdicts, states) = m.read_back(cursors, start, rows, with_state);
         self.check_rules(mb, &mut verdicts, &states)?;
         // A count against a state without repeated identifiers: one row each, as they are.
         let simple = !with_state && m.more.is_empty();
@@ -1093,10 +1104,13 @@ impl Iterator for Job {
     type Item = Result<RecordBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let mut m = self.matches.take()?;
+        let m = self.matches.take()?;
         let out = if self.next_batch < self.model.len() {
             self.next_batch += 1;
-            Some(self.classify(self.next_batch - 1, &mut m))
+            let mut cursors = std::mem::take(&mut self.cursors);
+            let out = self.classify(self.next_batch - 1, &m, &mut cursors);
+            self.cursors = cursors;
+            Some(out)
         } else if self.next_deleted < m.deleted.len() {
             let end = (self.next_deleted + DELETED_BATCH).min(m.deleted.len());
             let places = &m.deleted[self.next_deleted..end];
@@ -1107,6 +1121,59 @@ impl Iterator for Job {
         };
         self.matches = Some(m);
         out
+    }
+}
+
+impl Job {
+    /// The output batches in order. With more than one thread they are built on that many:
+    /// each takes every n-th model batch, walking the partitions with its own cursors, a
+    /// couple of batches ahead of the reader, so the output costs its share of the time
+    /// the inputs took to end, not all of it on one thread.
+    fn into_stream(self) -> BoxStream<'static, Result<RecordBatch>> {
+        let batches = self.model.len();
+        let workers = self.threads.min(batches);
+        if workers <= 1 {
+            return futures::stream::iter(self).boxed();
+        }
+        let job = Arc::new(self);
+        let mut built = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            let job = Arc::clone(&job);
+            let work = move || {
+                let Some(m) = job.matches.as_ref() else {
+                    return;
+                };
+                let mut cursors = vec![0; PARTS];
+                for b in (w..batches).step_by(workers) {
+                    if tx.blocking_send(job.classify(b, m, &mut cursors)).is_err() {
+                        return; // the reader stopped
+                    }
+                }
+            };
+            let named = std::thread::Builder::new().name(format!("voyado-classify-{w}"));
+            if let Err(e) = named.spawn(work) {
+                let e = DataFusionError::External(Box::new(e));
+                return futures::stream::iter([Err(e)]).boxed();
+            }
+            built.push(rx);
+        }
+        let model = futures::stream::unfold((built, 0), move |(mut built, b)| async move {
+            if b == batches {
+                return None;
+            }
+            let out = match built[b % workers].recv().await {
+                Some(out) => out,
+                None => internal_err!("a change detection thread stopped"),
+            };
+            Some((out, (built, b + 1)))
+        });
+        let deleted = job.matches.as_ref().map_or(0, |m| m.deleted.len());
+        let deletions = futures::stream::iter((0..deleted).step_by(DELETED_BATCH)).map(move |at| {
+            let m = job.matches.as_ref().expect("joined");
+            job.deleted(&m.deleted[at..(at + DELETED_BATCH).min(deleted)])
+        });
+        model.chain(deletions).boxed()
     }
 }
 
@@ -1357,6 +1424,47 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn output_built_on_several_threads_comes_in_order() {
+        // Seven model batches of three rows against a state holding every other identifier
+        // (with another row hash every third) and some the model lacks.
+        let build = |threads: usize| {
+            let mut job = job(None, 30);
+            job.threads = threads;
+            for b in 0..7 {
+                let ids: Vec<String> = (0..3).map(|r| format!("u{}@x.se", b * 3 + r)).collect();
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                job.add_model(model_batch(&ids, &[Some(1); 3])).unwrap();
+            }
+            let ids: Vec<String> = (0..40).step_by(2).map(|i| format!("u{i}@x.se")).collect();
+            let row_hashes: Vec<Option<u8>> =
+                (0..20).map(|i| Some(1 + u8::from(i % 3 == 0))).collect();
+            let n = ids.len();
+            let state = RecordBatch::try_new(
+                state_schema(),
+                vec![
+                    Arc::new(StringArray::from(ids)),
+                    Arc::new(hashes(&row_hashes)),
+                    Arc::new(StringArray::from_iter_values(
+                        (0..n).map(|i| format!("c{i}")),
+                    )),
+                    Arc::new(StringArray::from(vec!["delivered"; n])),
+                ],
+            )
+            .unwrap();
+            job.add_state(state).unwrap();
+            job.join().unwrap();
+            job
+        };
+        let serial: Vec<RecordBatch> = Iterator::collect::<Result<_>>(build(1)).unwrap();
+        assert_eq!(serial.len(), 7 + 1, "seven model batches and the deletions");
+        for threads in [2, 3] {
+            let out: Vec<Result<RecordBatch>> = build(threads).into_stream().collect().await;
+            let out: Vec<RecordBatch> = out.into_iter().collect::<Result<_>>().unwrap();
+            assert_eq!(out, serial, "{threads} threads");
+        }
+    }
+
     #[test]
     fn an_entry_keeps_its_identifier_row_hash_and_verdict_apart() {
         let id = u128::MAX - 5;
@@ -1476,22 +1584,29 @@ mod tests {
                 .zip(state.chunks(per))
                 .map(|(mp, sp)| join_parts(mp, sp))
                 .collect();
-            let mut m = Matches {
+            let m = Matches {
                 model_parts,
                 state_parts: state.clone(),
-                cursors: vec![0; PARTS],
                 more: HashMap::new(),
                 deleted: Vec::new(),
             };
-            let (mut verdicts, mut states) = m.read_back(0, 5, true);
-            let (v1, s1) = m.read_back(5, 4, true);
+            let mut cursors = vec![0; PARTS];
+            let (mut verdicts, mut states) = m.read_back(&mut cursors, 0, 5, true);
+            // A reader that skips the first batch finds the second's the same.
+            let mut skipping = vec![0; PARTS];
+            assert_eq!(
+                m.read_back(&mut skipping, 5, 4, true),
+                m.read_back(&mut cursors, 5, 4, true)
+            );
+            assert_eq!(skipping, cursors);
+            let (v1, s1) = m.read_back(&mut vec![0; PARTS], 5, 4, true);
             verdicts.extend(v1);
             states.extend(s1);
             // Every entry was read back with its batch.
             assert!(
                 m.model_parts
                     .iter()
-                    .zip(&m.cursors)
+                    .zip(&cursors)
                     .all(|(p, c)| p.len() == *c)
             );
             let dup = invalid(identity::REASON_DUPLICATE);
