@@ -455,6 +455,40 @@ fn zero_stored_hashes(s: &Sync) {
 }
 
 #[test]
+fn snapshots_keep_identifiers_and_row_hashes_quick_to_read() {
+    use datafusion::parquet::basic::{Compression, Encoding};
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let s = sync_with(MAPPING, "SELECT * FROM t");
+    s.land(&batch(&[row("a@x.se", 1), row("b@x.se", 2)]));
+    baseline(&s);
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(s.state_dir().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let path = s.state_dir().join(m["snapshot"][0].as_str().unwrap());
+    let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+    let group = reader.metadata().row_group(0);
+    let codecs: Vec<(String, Compression, bool)> = group
+        .columns()
+        .iter()
+        .map(|c| {
+            let dictionary = c.encodings().any(|e| e == Encoding::RLE_DICTIONARY);
+            (c.column_path().string(), c.compression(), dictionary)
+        })
+        .collect();
+    let of = |name: &str| codecs.iter().find(|c| c.0 == name).unwrap().clone();
+    // The columns every diff reads whole decode fast and without a dictionary...
+    assert_eq!(of("_identifier").1, Compression::LZ4_RAW, "{codecs:?}");
+    assert_eq!(of("_row_hash").1, Compression::UNCOMPRESSED, "{codecs:?}");
+    assert!(!of("_identifier").2 && !of("_row_hash").2, "{codecs:?}");
+    // ...the stored values, read only for changed rows, are kept small.
+    assert!(
+        matches!(of("_status").1, Compression::ZSTD(_)),
+        "{codecs:?}"
+    );
+}
+
+#[test]
 fn an_older_hash_version_falls_back_to_comparing_values() {
     let s = sync_with(MAPPING, "SELECT * FROM t");
     s.land(&batch(&[row("a@x.se", 1), row("b@x.se", 2)]));
