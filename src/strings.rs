@@ -1,6 +1,7 @@
 //! String columns of any Arrow layout, read in place: casting views (what DataFusion reads
 //! Parquet strings as) to plain strings copies every value.
 
+use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringViewArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
@@ -48,6 +49,17 @@ impl Strings {
     pub fn iter(&self) -> impl Iterator<Item = Option<&str>> {
         (0..self.len()).map(|i| self.get(i))
     }
+}
+
+/// The view of `s` in a view array whose buffer `block` is `bytes`: held inline when it is
+/// 12 bytes or shorter, else appended to `bytes` and pointed at. (The caller keeps `bytes`
+/// under 4 GiB.)
+pub fn view_of(s: &str, block: u32, bytes: &mut Vec<u8>) -> u128 {
+    let view = make_view(s.as_bytes(), block, bytes.len() as u32);
+    if s.len() > 12 {
+        bytes.extend_from_slice(s.as_bytes());
+    }
+    view
 }
 
 #[cfg(test)]

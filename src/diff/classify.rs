@@ -3,12 +3,15 @@
 //! In SQL this is a grouped count of identifiers joined back to every row, then a full outer
 //! join with the state: three hash tables, each input repartitioned by identifier, and each
 //! stage waiting for the one below. Here both inputs are read side by side as they stream
-//! in: each row's identifier goes, as its 128-bit hash with its row's number and row hash
-//! (and, for the model, whether it breaks the key's rules), to one of 256 partitions by the
-//! top bits of that hash. Once both inputs end, the partitions are joined on the session's
-//! threads (each partition's tables fit the CPU caches): model rows are matched with state
-//! rows and counted per identifier, and each model row gets its verdict; state rows that no
-//! model row claimed come out as deletions.
+//! in: each row's identifier goes, as its 128-bit hash with its row's number and row hash,
+//! to one of 256 partitions by the top bits of that hash. Once both inputs end, the
+//! partitions are joined on the session's threads (each partition's tables fit the CPU
+//! caches): model rows are matched with state rows and counted per identifier, and each
+//! model row gets its verdict; state rows that no model row claimed come out as deletions.
+//! The output, built on the same threads, checks the identifiers the state lacks against
+//! the key's rules: the state holds only identifiers that passed them (a baseline keeps
+//! only valid rows, a run only rows Voyado confirmed), so a row it holds passes them too.
+//! The SQL form checks every row; the two differ only on a state edited by hand.
 //!
 //! The model's rows are held until both inputs end, because the last row may turn the first
 //! into a duplicate; they are charged to the session's memory pool. A bucketed diff runs
@@ -20,7 +23,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::NullBufferBuilder;
-use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{
     Array, ArrayRef, FixedSizeBinaryArray, StringBuilder, StringViewArray, UInt32Array,
     new_null_array,
@@ -59,7 +61,7 @@ use super::{
 use crate::config::Key;
 use crate::identity;
 use crate::state;
-use crate::strings::Strings;
+use crate::strings::{Strings, view_of};
 
 /// Compact state columns, as `compact` in the diff names them.
 const S_ID: &str = "__s_id";
@@ -445,13 +447,7 @@ fn kind_of(verdict: u8) -> usize {
 /// itself), so a row costs 16 bytes and no copy.
 fn few_strings(strings: &[&str], rows: impl ExactSizeIterator<Item = Option<usize>>) -> ArrayRef {
     let mut bytes = Vec::new();
-    let mut views = Vec::with_capacity(strings.len());
-    for s in strings {
-        views.push(make_view(s.as_bytes(), 0, bytes.len() as u32));
-        if s.len() > 12 {
-            bytes.extend_from_slice(s.as_bytes());
-        }
-    }
+    let views: Vec<u128> = strings.iter().map(|s| view_of(s, 0, &mut bytes)).collect();
     let mut nulls = NullBufferBuilder::new(rows.len());
     let out: Vec<u128> = rows
         .map(|r| {
@@ -502,9 +498,8 @@ impl Matches {
         let mut states = vec![NONE; rows];
         for (p, part) in self.model_parts.iter().enumerate() {
             let at = &mut cursors[p];
-            while part.get(*at).is_some_and(|e| e.row < start) {
-                *at += 1;
-            }
+            // Entries are in row order: the ones of skipped batches are passed over at once.
+            *at += part[(*at).min(part.len())..].partition_point(|e| e.row < start);
             while let Some(e) = part.get(*at)
                 && ((e.row - start) as usize) < rows
             {
@@ -532,7 +527,7 @@ struct Job {
     /// CPU time of each phase: adding model rows, adding state rows, joining, classifying.
     phase: [Time; 4],
     reservation: MemoryReservation,
-    /// Threads for the join: the session's target partitions.
+    /// Threads for the join and the output: the session's target partitions.
     threads: usize,
     /// The identifier hashes' seed, drawn at random for this classification.
     seed: u64,
@@ -580,8 +575,7 @@ struct Entry {
 }
 
 /// An entry's flags: whether the row has a row hash (a null one never equals anything, as
-/// in SQL), and on the model side the verdict (of an identifier that breaks the key's
-/// rules, else 0; after the join, the row's).
+/// in SQL), and on the model side, after the join, the row's verdict.
 const HAS_HASH: u8 = 0x80;
 const VERDICT: u8 = 0x7f;
 const FLAGS_AT: u32 = 128 - PART_BITS;
@@ -1112,9 +1106,8 @@ impl Iterator for Job {
             self.cursors = cursors;
             Some(out)
         } else if self.next_deleted < m.deleted.len() {
-            let end = (self.next_deleted + DELETED_BATCH).min(m.deleted.len());
-            let places = &m.deleted[self.next_deleted..end];
-            self.next_deleted = end;
+            let places = deletions(&m, self.next_deleted);
+            self.next_deleted += places.len();
             Some(self.deleted(places))
         } else {
             None
@@ -1125,10 +1118,11 @@ impl Iterator for Job {
 }
 
 impl Job {
-    /// The output batches in order. With more than one thread they are built on that many:
-    /// each takes every n-th model batch, walking the partitions with its own cursors, a
-    /// couple of batches ahead of the reader, so the output costs its share of the time
-    /// the inputs took to end, not all of it on one thread.
+    /// The output batches in order, ending at the first error. With more than one thread
+    /// they are built on that many: each takes every n-th model batch, walking the
+    /// partitions with its own cursors, one batch ahead of the reader (a batch of a few
+    /// hundred KB per thread, left out of the pool's count), so the output costs its share
+    /// of the time the inputs took to end, not all of it on one thread.
     fn into_stream(self) -> BoxStream<'static, Result<RecordBatch>> {
         let batches = self.model.len();
         let workers = self.threads.min(batches);
@@ -1138,7 +1132,7 @@ impl Job {
         let job = Arc::new(self);
         let mut built = Vec::with_capacity(workers);
         for w in 0..workers {
-            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
             let job = Arc::clone(&job);
             let work = move || {
                 let Some(m) = job.matches.as_ref() else {
@@ -1146,8 +1140,18 @@ impl Job {
                 };
                 let mut cursors = vec![0; PARTS];
                 for b in (w..batches).step_by(workers) {
-                    if tx.blocking_send(job.classify(b, m, &mut cursors)).is_err() {
-                        return; // the reader stopped
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        job.classify(b, m, &mut cursors)
+                    }))
+                    .unwrap_or_else(|p| {
+                        let why = (p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        internal_err!("change detection failed building its output: {why}")
+                    });
+                    let failed = out.is_err();
+                    if tx.blocking_send(out).is_err() || failed {
+                        return; // the reader stopped, or will at this error
                     }
                 }
             };
@@ -1171,10 +1175,21 @@ impl Job {
         let deleted = job.matches.as_ref().map_or(0, |m| m.deleted.len());
         let deletions = futures::stream::iter((0..deleted).step_by(DELETED_BATCH)).map(move |at| {
             let m = job.matches.as_ref().expect("joined");
-            job.deleted(&m.deleted[at..(at + DELETED_BATCH).min(deleted)])
+            job.deleted(deletions(m, at))
         });
-        model.chain(deletions).boxed()
+        let mut failed = false;
+        let until_error = move |r: &Result<RecordBatch>| {
+            let go = !failed;
+            failed |= r.is_err();
+            futures::future::ready(go)
+        };
+        model.chain(deletions).take_while(until_error).boxed()
     }
+}
+
+/// The deletions of the output batch from `at`.
+fn deletions(m: &Matches, at: usize) -> &[Row] {
+    &m.deleted[at..(at + DELETED_BATCH).min(m.deleted.len())]
 }
 
 /// A contactId or status column, or nulls when it was not asked for.

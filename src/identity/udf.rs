@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, StringBuilder, StringViewArray, UInt32Builder,
 };
@@ -15,7 +14,7 @@ use datafusion::logical_expr::{
 
 use super::{bucket, is_normalized, normalize_into, problem, shard};
 use crate::config::Key;
-use crate::strings::Strings;
+use crate::strings::{Strings, view_of};
 
 pub const NORMALIZE: &str = "voyado_normalize_id";
 pub const PROBLEM: &str = "voyado_id_problem";
@@ -150,22 +149,22 @@ fn normalize_views(input: &ArrayRef, key: Key) -> Result<ArrayRef> {
         }
         buf.clear();
         normalize_into(v, key, &mut buf);
-        let offset = u32::try_from(extra.len())
-            .map_err(|_| DataFusionError::Execution("identifiers over 4 GiB".into()))?;
-        let view = make_view(buf.as_bytes(), block, offset);
-        if buf.len() > 12 {
-            extra.extend_from_slice(buf.as_bytes());
+        if u32::try_from(extra.len() + buf.len()).is_err() {
+            return exec_err!("identifiers over 4 GiB in one batch");
         }
+        let view = view_of(&buf, block, &mut extra);
         views.get_or_insert_with(|| a.views().to_vec())[i] = view;
     }
     let Some(views) = views else {
         return Ok(Arc::clone(input));
     };
     let mut buffers = a.data_buffers().to_vec();
-    buffers.push(Buffer::from_vec(extra));
+    if !extra.is_empty() {
+        buffers.push(Buffer::from_vec(extra));
+    }
     // SAFETY: every view is either the input's own (valid for its buffers, which are all
-    // kept at their indices) or made by `make_view` from a `str` whose bytes, when longer
-    // than a view holds inline, were appended to the last buffer at that offset.
+    // kept at their indices) or made by `view_of` from a `str` whose bytes, when longer
+    // than a view holds inline, it appended to the buffer pushed last, at that offset.
     let out = unsafe { StringViewArray::new_unchecked(views.into(), buffers, a.nulls().cloned()) };
     Ok(Arc::new(out))
 }

@@ -81,6 +81,38 @@ fn snapshot_options(
     options
 }
 
+/// `schema` with string views as plain strings. State files are read back with the types
+/// they were written with, and their identifiers are held per row by the next diff: as
+/// plain strings 4 bytes a row besides their bytes, as views 16 (and the shared buffers
+/// of views are accounted once per batch that points into them).
+fn plain_schema(
+    schema: &datafusion::arrow::datatypes::Schema,
+) -> datafusion::arrow::datatypes::SchemaRef {
+    let fields = schema.fields().iter().map(|f| match f.data_type() {
+        DataType::Utf8View => Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8)),
+        _ => Arc::clone(f),
+    });
+    Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
+        fields.collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
+}
+
+/// `df` with string views cast to plain strings, as [`plain_schema`] says.
+fn plain_strings(df: DataFrame) -> datafusion::error::Result<DataFrame> {
+    let fields = df.schema().fields().clone();
+    if !fields.iter().any(|f| f.data_type() == &DataType::Utf8View) {
+        return Ok(df);
+    }
+    let columns = fields.iter().map(|f| match f.data_type() {
+        DataType::Utf8View => {
+            datafusion::prelude::cast(ident(f.name()), DataType::Utf8).alias(f.name())
+        }
+        _ => ident(f.name()),
+    });
+    df.select(columns.collect::<Vec<Expr>>())
+}
+
 /// Snapshot statuses.
 pub const DELIVERED: &str = "delivered";
 pub const NOT_FOUND: &str = "not_found";
@@ -281,10 +313,17 @@ impl State {
         let fail = |e: &dyn std::fmt::Display| {
             Error::Storage(format!("state: writing {rel}: {}", one_line(e)))
         };
-        let mut writer = self.writer_with(rel, schema, Some(props))?;
+        let schema = plain_schema(&schema);
+        let mut writer = self.writer_with(rel, Arc::clone(&schema), Some(props))?;
         let mut rows = 0u64;
         while let Some(batch) = batches.try_next().await? {
             rows += batch.num_rows() as u64;
+            let columns = (batch.columns().iter())
+                .zip(schema.fields())
+                .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| fail(&e))?;
+            let batch = RecordBatch::try_new(Arc::clone(&schema), columns).map_err(|e| fail(&e))?;
             writer.write(&batch).await.map_err(|e| fail(&e))?;
         }
         writer.close().await.map_err(|e| fail(&e))?;
@@ -527,7 +566,8 @@ impl State {
             return self.write_in_turn(vec![df], rel).await;
         }
         let options = snapshot_options(&df.task_ctx().session_config().options().execution.parquet);
-        let out = df
+        let out = plain_strings(df)
+            .map_err(|e| Error::Storage(df_message(&format!("state: writing {rel}"), &e)))?
             .write_parquet(
                 &self.url(rel),
                 DataFrameWriteOptions::new().with_single_file_output(true),

@@ -232,6 +232,13 @@ async fn a_failed_commit_keeps_the_state_whole_and_usable() {
         .unwrap();
     assert!(err.contains("snapshots/"), "{err}");
     assert_exact(&emu, 30);
+    let m: Value = serde_json::from_str(
+        &std::fs::read_to_string(s.state_dir().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    for delta in m["deltas"].as_array().unwrap() {
+        crate::state::assert_quick_to_read(&s.state_dir().join(delta.as_str().unwrap()));
+    }
     // The confirmed outcomes are in the state's deltas: nothing is sent again.
     let plan = cli(&["plan", "--json", "-c", s.config().to_str().unwrap()], &[]);
     assert_eq!(crate::common::counts(&parse(&plan)), [0, 0, 30, 0, 0]);

@@ -454,19 +454,14 @@ fn zero_stored_hashes(s: &Sync) {
     w.close().unwrap();
 }
 
-#[test]
-fn snapshots_keep_identifiers_and_row_hashes_quick_to_read() {
+/// Checks a state file keeps its identifiers and row hashes quick to read: identifiers as
+/// plain strings in LZ4, row hashes uncompressed, neither with a dictionary, the stored
+/// values compressed (ZSTD).
+pub(crate) fn assert_quick_to_read(path: &std::path::Path) {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use datafusion::parquet::basic::{Compression, Encoding};
     use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
-    let s = sync_with(MAPPING, "SELECT * FROM t");
-    s.land(&batch(&[row("a@x.se", 1), row("b@x.se", 2)]));
-    baseline(&s);
-    let m: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(s.state_dir().join("manifest.json")).unwrap(),
-    )
-    .unwrap();
-    let path = s.state_dir().join(m["snapshot"][0].as_str().unwrap());
-    let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
     let group = reader.metadata().row_group(0);
     let codecs: Vec<(String, Compression, bool)> = group
         .columns()
@@ -477,15 +472,33 @@ fn snapshots_keep_identifiers_and_row_hashes_quick_to_read() {
         })
         .collect();
     let of = |name: &str| codecs.iter().find(|c| c.0 == name).unwrap().clone();
-    // The columns every diff reads whole decode fast and without a dictionary...
     assert_eq!(of("_identifier").1, Compression::LZ4_RAW, "{codecs:?}");
     assert_eq!(of("_row_hash").1, Compression::UNCOMPRESSED, "{codecs:?}");
     assert!(!of("_identifier").2 && !of("_row_hash").2, "{codecs:?}");
-    // ...the stored values, read only for changed rows, are kept small.
     assert!(
         matches!(of("_status").1, Compression::ZSTD(_)),
         "{codecs:?}"
     );
+    // Read back as plain strings: the next diff holds every identifier.
+    let file = std::fs::File::open(path).unwrap();
+    let schema = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .schema()
+        .clone();
+    let id = schema.field_with_name("_identifier").unwrap();
+    assert_eq!(id.data_type(), &DataType::Utf8, "{}", path.display());
+}
+
+#[test]
+fn snapshots_keep_identifiers_and_row_hashes_quick_to_read() {
+    let s = sync_with(MAPPING, "SELECT * FROM t");
+    s.land(&batch(&[row("a@x.se", 1), row("b@x.se", 2)]));
+    baseline(&s);
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(s.state_dir().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_quick_to_read(&s.state_dir().join(m["snapshot"][0].as_str().unwrap()));
 }
 
 #[test]
