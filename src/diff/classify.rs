@@ -582,8 +582,9 @@ const FLAGS_AT: u32 = 128 - PART_BITS;
 const ID_BITS: u128 = (1 << FLAGS_AT) - 1;
 
 impl Entry {
-    fn new(id: u128, row_hash: Option<u64>, row: Row, verdict: u8) -> Self {
-        let flags = verdict | if row_hash.is_some() { HAS_HASH } else { 0 };
+    /// A row's entry, its verdict not yet known (0).
+    fn new(id: u128, row_hash: Option<u64>, row: Row) -> Self {
+        let flags = if row_hash.is_some() { HAS_HASH } else { 0 };
         Entry {
             id: (id & ID_BITS) | (u128::from(flags) << FLAGS_AT),
             row_hash: row_hash.unwrap_or_default(),
@@ -752,7 +753,7 @@ fn scatter(
                 .is_valid(i)
                 .then(|| hashes.value(i).first_chunk::<8>());
             let row_hash = row_hash.flatten().map(|b| u64::from_le_bytes(*b));
-            parts[part_of(h)].push(Entry::new(h, row_hash, first + i as Row, 0));
+            parts[part_of(h)].push(Entry::new(h, row_hash, first + i as Row));
         }
     }
 }
@@ -1483,7 +1484,9 @@ mod tests {
     #[test]
     fn an_entry_keeps_its_identifier_row_hash_and_verdict_apart() {
         let id = u128::MAX - 5;
-        let mut e = Entry::new(id, Some(9), 3, invalid(identity::REASON_PHONE));
+        let mut e = Entry::new(id, Some(9), 3);
+        assert_eq!(e.verdict(), 0);
+        e.set_verdict(invalid(identity::REASON_PHONE));
         assert_eq!(e.verdict(), invalid(identity::REASON_PHONE));
         e.set_verdict(V_UNCHANGED);
         assert_eq!(
@@ -1491,12 +1494,12 @@ mod tests {
             (V_UNCHANGED, id & ID_BITS, 3)
         );
         // Same identifier in another partition's bits, same row hash: same values.
-        let other = Entry::new(id & ID_BITS, Some(9), 4, 0);
+        let other = Entry::new(id & ID_BITS, Some(9), 4);
         assert_eq!(other.ident(), e.ident());
         assert!(e.same_values(&other));
-        assert!(!e.same_values(&Entry::new(id, Some(8), 4, 0)));
+        assert!(!e.same_values(&Entry::new(id, Some(8), 4)));
         // A null row hash equals nothing, not even another null one.
-        let null = Entry::new(id, None, 5, 0);
+        let null = Entry::new(id, None, 5);
         assert!(!null.same_values(&null) && !e.same_values(&null));
     }
 
