@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, UInt32Type};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::{Schema, SchemaRef, UInt32Type};
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 
 use crate::error::{Error, Result, df_message};
+use crate::strings::{cast_columns, plain_fields};
 
 /// The routing column the spilled frames carry last (dropped before writing).
 pub const BUCKET_COLUMN: &str = "__bucket";
@@ -124,18 +125,8 @@ impl BucketFiles {
         let arrow = |e: datafusion::arrow::error::ArrowError| {
             Error::Internal(format!("routing rows to diff buckets: {e}"))
         };
-        // View arrays are cast to plain ones: a view taken from a batch still points into
-        // the batch's whole buffers, which the file writer would copy out every time.
-        let columns = batch.columns()[..last]
-            .iter()
-            .zip(self.schema.fields())
-            .map(|(c, f)| match c.data_type() == f.data_type() {
-                true => Ok(Arc::clone(c)),
-                false => cast(c, f.data_type()),
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(arrow)?;
-        let rows = RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(arrow)?;
+        // Plain arrays, as `without_bucket` says.
+        let rows = cast_columns(&batch.columns()[..last], &self.schema).map_err(arrow)?;
         for (b, idx) in indices.into_iter().enumerate() {
             if idx.is_empty() {
                 continue;
@@ -179,21 +170,7 @@ impl BucketFiles {
 /// as their values (an IPC file cannot change a field's dictionary between batches).
 pub fn without_bucket(schema: &Schema) -> SchemaRef {
     let fields = schema.fields();
-    Arc::new(Schema::new(
-        fields[..fields.len() - 1]
-            .iter()
-            .map(|f| f.as_ref().clone().with_data_type(plain(f.data_type())))
-            .collect::<Vec<_>>(),
-    ))
-}
-
-fn plain(t: &DataType) -> DataType {
-    match t {
-        DataType::Dictionary(_, v) => plain(v),
-        DataType::Utf8View => DataType::Utf8,
-        DataType::BinaryView => DataType::Binary,
-        other => other.clone(),
-    }
+    Arc::new(Schema::new(plain_fields(&fields[..fields.len() - 1])))
 }
 
 /// The bytes of spilled files (Arrow IPC: about their size in memory).
@@ -229,7 +206,7 @@ pub fn temp_dir() -> Result<tempfile::TempDir> {
 mod tests {
     use super::*;
     use datafusion::arrow::array::{ArrayRef, StringViewArray, UInt32Array};
-    use datafusion::arrow::datatypes::Field;
+    use datafusion::arrow::datatypes::{DataType, Field};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dictionary_columns_are_written_as_their_values() {

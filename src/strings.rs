@@ -4,7 +4,11 @@
 use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringViewArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::DataType;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
+use datafusion::arrow::error::Result as ArrowResult;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::Result;
 
 /// A string column: plain strings and views as they are, a null column as its length, any
@@ -49,6 +53,36 @@ impl Strings {
     pub fn iter(&self) -> impl Iterator<Item = Option<&str>> {
         (0..self.len()).map(|i| self.get(i))
     }
+}
+
+/// `t` with views as plain arrays and dictionaries as their values. Written to files so:
+/// a view keeps its batch's whole buffers alive (a writer would copy them out every time,
+/// a reader hold them per row), and an IPC file cannot change a dictionary between batches.
+pub fn plain_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Dictionary(_, v) => plain_type(v),
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        other => other.clone(),
+    }
+}
+
+/// `fields` with [`plain_type`]s.
+pub fn plain_fields<'a>(fields: impl IntoIterator<Item = &'a FieldRef>) -> Vec<Field> {
+    (fields.into_iter())
+        .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
+        .collect()
+}
+
+/// `columns` as a batch of `schema`, each cast to its field's type where it differs.
+pub fn cast_columns(columns: &[ArrayRef], schema: &SchemaRef) -> ArrowResult<RecordBatch> {
+    let columns = (columns.iter().zip(schema.fields()))
+        .map(|(c, f)| match c.data_type() == f.data_type() {
+            true => Ok(Arc::clone(c)),
+            false => cast(c, f.data_type()),
+        })
+        .collect::<ArrowResult<Vec<_>>>()?;
+    RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
 /// The view of `s` in a view array whose buffer `block` is `bytes`: held inline when it is

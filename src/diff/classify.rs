@@ -934,42 +934,44 @@ impl Job {
         let _timer = time.timer();
         let mb = &self.model[b];
         let rows = mb.num_rows();
-        // Each output row's verdict, written out as kinds and reasons at the end.
-        let mut out = Vec::with_capacity(rows);
-        let mut contact_ids = StringBuilder::with_capacity(rows, rows * 4);
-        let mut statuses = StringBuilder::with_capacity(rows, rows * 4);
-        let mut take_rows: Option<Vec<u32>> = None;
-        let none = Vec::new();
         // A count needs no contactIds or statuses: they are read only when asked for.
         let with_state = wanted_state(self.projection.as_deref());
+        let builder = || with_state.then(|| StringBuilder::with_capacity(rows, rows * 4));
+        let (mut contact_ids, mut statuses) = (builder(), builder());
+        let mut take_rows: Option<Vec<u32>> = None;
+        let none = Vec::new();
         let start = self.model_starts[b];
         let (mut verdicts, states) = m.read_back(cursors, start, rows, with_state);
         self.check_rules(mb, &mut verdicts, &states)?;
-        // A count against a state without repeated identifiers: one row each, as they are.
+        // Each output row's verdict, written out as kinds and reasons at the end. A count
+        // against a state without repeated identifiers has one row each, as they are.
+        let mut out = Vec::with_capacity(rows);
         let simple = !with_state && m.more.is_empty();
         if simple {
-            out = std::mem::take(&mut verdicts);
-        }
-        for i in (0..rows).filter(|_| !simple) {
-            let first = (states[i], verdicts[i]);
-            let more = match first.0 {
-                _ if m.more.is_empty() => &none,
-                NONE => &none,
-                _ => m.more.get(&(start + i as Row)).unwrap_or(&none),
-            };
-            for (n, &(at, v)) in std::iter::once(&first).chain(more).enumerate() {
-                out.push(v);
-                if with_state {
-                    contact_ids.append_option(self.state_str(at, |s| s.contact_ids.as_ref()));
-                    statuses.append_option(self.state_str(at, |s| s.statuses.as_ref()));
-                }
-                if n > 0 {
-                    // A repeated state identifier: one more output row for this model row,
-                    // after the rows so far (this one's first output included).
-                    take_rows.get_or_insert_with(|| (0..=i as u32).collect());
-                }
-                if let Some(t) = take_rows.as_mut() {
-                    t.push(i as u32);
+            out = verdicts;
+        } else {
+            for i in 0..rows {
+                let first = (states[i], verdicts[i]);
+                let more = match first.0 {
+                    _ if m.more.is_empty() => &none,
+                    NONE => &none,
+                    _ => m.more.get(&(start + i as Row)).unwrap_or(&none),
+                };
+                for (n, &(at, v)) in std::iter::once(&first).chain(more).enumerate() {
+                    out.push(v);
+                    if let (Some(c), Some(s)) = (contact_ids.as_mut(), statuses.as_mut()) {
+                        let row = self.locate(at);
+                        c.append_option(row.and_then(|(sb, r)| sb.contact_ids.as_ref()?.get(r)));
+                        s.append_option(row.and_then(|(sb, r)| sb.statuses.as_ref()?.get(r)));
+                    }
+                    if n > 0 {
+                        // A repeated state identifier: one more output row for this model row,
+                        // after the rows so far (this one's first output included).
+                        take_rows.get_or_insert_with(|| (0..=i as u32).collect());
+                    }
+                    if let Some(t) = take_rows.as_mut() {
+                        t.push(i as u32);
+                    }
                 }
             }
         }
@@ -986,7 +988,6 @@ impl Job {
             })
         };
         let c = &self.cols;
-        let (mut contact_ids, mut statuses) = (Some(contact_ids), Some(statuses));
         self.output(kinds_len, |i| {
             Ok(match i {
                 0 => few_strings(&KINDS, out.iter().map(|&v| Some(kind_of(v)))),
@@ -998,12 +999,8 @@ impl Job {
                         .map(|&v| v.checked_sub(V_INVALID).map(usize::from)),
                 ),
                 COL_KNOWN => col(c.known)?,
-                COL_CONTACT_ID => {
-                    state_column(contact_ids.take().expect("one"), with_state, kinds_len)
-                }
-                COL_PREV_STATUS => {
-                    state_column(statuses.take().expect("one"), with_state, kinds_len)
-                }
+                COL_CONTACT_ID => state_column(contact_ids.take(), kinds_len),
+                COL_PREV_STATUS => state_column(statuses.take(), kinds_len),
                 COL_ROW_HASH => col(c.hash)?,
                 v => match c.values[v - FIXED_COLUMNS] {
                     Some(at) => col(at)?,
@@ -1040,10 +1037,11 @@ impl Job {
         let time = self.phase[3].clone();
         let _timer = time.timer();
         let n = places.len();
+        let rows: Vec<_> = places.iter().map(|&at| self.locate(at)).collect();
         let strings = |f: &dyn Fn(&StateBatch) -> Option<&Strings>| {
             let mut b = StringBuilder::with_capacity(n, n * 16);
-            for &at in places {
-                b.append_option(self.state_str(at, f));
+            for row in &rows {
+                b.append_option(row.and_then(|(sb, r)| f(sb)?.get(r)));
             }
             Arc::new(b.finish()) as ArrayRef
         };
@@ -1059,12 +1057,13 @@ impl Job {
         })
     }
 
-    fn state_str(&self, at: Row, f: impl Fn(&StateBatch) -> Option<&Strings>) -> Option<&str> {
+    /// State row `at`'s batch and row in it; None for NONE.
+    fn locate(&self, at: Row) -> Option<(&StateBatch, usize)> {
         if at == NONE {
             return None;
         }
         let b = self.state_starts.partition_point(|&s| s <= at) - 1;
-        f(&self.state[b])?.get((at - self.state_starts[b]) as usize)
+        Some((&self.state[b], (at - self.state_starts[b]) as usize))
     }
 
     /// The output batch of the projected columns, each built by `column(index in the full
@@ -1178,14 +1177,20 @@ impl Job {
             let m = job.matches.as_ref().expect("joined");
             job.deleted(deletions(m, at))
         });
-        let mut failed = false;
-        let until_error = move |r: &Result<RecordBatch>| {
-            let go = !failed;
-            failed |= r.is_err();
-            futures::future::ready(go)
-        };
-        model.chain(deletions).take_while(until_error).boxed()
+        until_first_error(model.chain(deletions)).boxed()
     }
+}
+
+/// `stream` up to and with its first error: a failed output thread's batches stop there.
+fn until_first_error<T>(
+    stream: impl futures::Stream<Item = Result<T>>,
+) -> impl futures::Stream<Item = Result<T>> {
+    let mut failed = false;
+    stream.take_while(move |r| {
+        let go = !failed;
+        failed |= r.is_err();
+        futures::future::ready(go)
+    })
 }
 
 /// The deletions of the output batch from `at`.
@@ -1194,11 +1199,10 @@ fn deletions(m: &Matches, at: usize) -> &[Row] {
 }
 
 /// A contactId or status column, or nulls when it was not asked for.
-fn state_column(mut b: StringBuilder, built: bool, rows: usize) -> ArrayRef {
-    if built {
-        Arc::new(b.finish())
-    } else {
-        new_null_array(&DataType::Utf8, rows)
+fn state_column(b: Option<StringBuilder>, rows: usize) -> ArrayRef {
+    match b {
+        Some(mut b) => Arc::new(b.finish()),
+        None => new_null_array(&DataType::Utf8, rows),
     }
 }
 
@@ -1438,6 +1442,26 @@ mod tests {
                 "unchanged held@x.se None".to_string(),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn the_output_ends_at_its_first_error() {
+        let items = [
+            Ok(1),
+            Ok(2),
+            internal_err!("broken"),
+            Ok(3),
+            internal_err!("later"),
+        ];
+        let out: Vec<Result<i32>> = until_first_error(futures::stream::iter(items))
+            .collect()
+            .await;
+        assert_eq!(out.len(), 3);
+        assert_eq!(
+            (out[0].as_ref().ok(), out[1].as_ref().ok()),
+            (Some(&1), Some(&2))
+        );
+        assert!(out[2].as_ref().unwrap_err().to_string().contains("broken"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

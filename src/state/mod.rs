@@ -33,6 +33,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use crate::catalog::{one_line, redact, register_store, temp_view};
 use crate::config::{Location, Settings};
 use crate::error::{Error, Result, df_message};
+use crate::strings::{cast_columns, plain_fields, plain_type};
 pub use lock::Lock;
 pub use manifest::Manifest;
 
@@ -81,34 +82,21 @@ fn snapshot_options(
     options
 }
 
-/// `schema` with string views as plain strings. State files are read back with the types
-/// they were written with, and their identifiers are held per row by the next diff: as
-/// plain strings 4 bytes a row besides their bytes, as views 16 (and the shared buffers
-/// of views are accounted once per batch that points into them).
-fn plain_schema(
-    schema: &datafusion::arrow::datatypes::Schema,
-) -> datafusion::arrow::datatypes::SchemaRef {
-    let fields = schema.fields().iter().map(|f| match f.data_type() {
-        DataType::Utf8View => Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8)),
-        _ => Arc::clone(f),
-    });
-    Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
-        fields.collect::<Vec<_>>(),
-        schema.metadata().clone(),
-    ))
-}
-
-/// `df` with string views cast to plain strings, as [`plain_schema`] says.
-fn plain_strings(df: DataFrame) -> datafusion::error::Result<DataFrame> {
+/// `df` with its columns of [`plain_type`]s. State files are read back with the types they
+/// were written with, and the next diff holds their identifiers per row: as plain strings
+/// 4 bytes a row besides their bytes, as views 16 (and a view's shared buffers are
+/// accounted once per batch that points into them).
+fn plain_columns(df: DataFrame) -> datafusion::error::Result<DataFrame> {
     let fields = df.schema().fields().clone();
-    if !fields.iter().any(|f| f.data_type() == &DataType::Utf8View) {
+    if fields
+        .iter()
+        .all(|f| plain_type(f.data_type()) == *f.data_type())
+    {
         return Ok(df);
     }
-    let columns = fields.iter().map(|f| match f.data_type() {
-        DataType::Utf8View => {
-            datafusion::prelude::cast(ident(f.name()), DataType::Utf8).alias(f.name())
-        }
-        _ => ident(f.name()),
+    let columns = fields.iter().map(|f| match plain_type(f.data_type()) {
+        t if t == *f.data_type() => ident(f.name()),
+        t => datafusion::prelude::cast(ident(f.name()), t).alias(f.name()),
     });
     df.select(columns.collect::<Vec<Expr>>())
 }
@@ -313,17 +301,15 @@ impl State {
         let fail = |e: &dyn std::fmt::Display| {
             Error::Storage(format!("state: writing {rel}: {}", one_line(e)))
         };
-        let schema = plain_schema(&schema);
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
+            plain_fields(schema.fields()),
+            schema.metadata().clone(),
+        ));
         let mut writer = self.writer_with(rel, Arc::clone(&schema), Some(props))?;
         let mut rows = 0u64;
         while let Some(batch) = batches.try_next().await? {
             rows += batch.num_rows() as u64;
-            let columns = (batch.columns().iter())
-                .zip(schema.fields())
-                .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| fail(&e))?;
-            let batch = RecordBatch::try_new(Arc::clone(&schema), columns).map_err(|e| fail(&e))?;
+            let batch = cast_columns(batch.columns(), &schema).map_err(|e| fail(&e))?;
             writer.write(&batch).await.map_err(|e| fail(&e))?;
         }
         writer.close().await.map_err(|e| fail(&e))?;
@@ -566,7 +552,7 @@ impl State {
             return self.write_in_turn(vec![df], rel).await;
         }
         let options = snapshot_options(&df.task_ctx().session_config().options().execution.parquet);
-        let out = plain_strings(df)
+        let out = plain_columns(df)
             .map_err(|e| Error::Storage(df_message(&format!("state: writing {rel}"), &e)))?
             .write_parquet(
                 &self.url(rel),
