@@ -87,6 +87,8 @@ const NONE: Row = Row::MAX;
 /// verdict's share of the output; a state row's entry and its place in the deletions.
 const MODEL_ROW_BYTES: usize = 48;
 const STATE_ROW_BYTES: usize = 40;
+/// Bytes held per model batch besides its rows: where it starts in each partition.
+const BATCH_BYTES: usize = PARTS * size_of::<u32>();
 
 /// The change set of one model frame against one compact state frame, as a table.
 #[derive(Debug)]
@@ -473,6 +475,8 @@ fn invalid(reason: &str) -> u8 {
 struct Matches {
     model_parts: Vec<Part>,
     state_parts: Vec<Part>,
+    /// Where each model batch's entries start in each partition (`PARTS` per batch).
+    batch_starts: Vec<u32>,
     /// Further (state row, verdict) of identifiers the state holds more than once (a state
     /// should have none), by model row.
     more: HashMap<Row, Vec<(Row, u8)>>,
@@ -481,37 +485,29 @@ struct Matches {
 }
 
 impl Matches {
-    /// The verdicts and first state rows (NONE for none) of the batch of `rows` model rows
-    /// from row `start`, read from each partition at `cursors` (its next entry), which
-    /// move past the batch: a reader takes batches in order, passing over the entries of
-    /// batches it skips. Rows without an identifier are in no partition: their verdict
-    /// stays "empty". State rows are looked up only when `resolve`: else 0 stands for any
-    /// (a count needs no state columns, and each lookup is a random read).
-    fn read_back(
-        &self,
-        cursors: &mut [usize],
-        start: Row,
-        rows: usize,
-        resolve: bool,
-    ) -> (Vec<u8>, Vec<Row>) {
+    /// The verdicts and first state rows (NONE for none) of model batch `b`, its `rows`
+    /// rows from row `start`, read from each partition where the batch's entries start
+    /// (entries are in row order), so any thread can read any batch. Rows without an
+    /// identifier are in no partition: their verdict stays "empty". State rows are looked
+    /// up only when `resolve`: else 0 stands for any (a count needs no state columns, and
+    /// each lookup is a random read).
+    fn read_back(&self, b: usize, start: Row, rows: usize, resolve: bool) -> (Vec<u8>, Vec<Row>) {
         let mut verdicts = vec![invalid(identity::REASON_EMPTY); rows];
         let mut states = vec![NONE; rows];
-        for (p, part) in self.model_parts.iter().enumerate() {
-            let at = &mut cursors[p];
-            // Entries are in row order: the ones of skipped batches are passed over at once.
-            *at += part[(*at).min(part.len())..].partition_point(|e| e.row < start);
-            while let Some(e) = part.get(*at)
-                && ((e.row - start) as usize) < rows
-            {
+        let starts = &self.batch_starts[b * PARTS..][..PARTS];
+        for ((part, &from), sp) in self.model_parts.iter().zip(starts).zip(&self.state_parts) {
+            for e in part[from as usize..].iter() {
                 let r = (e.row - start) as usize;
+                if r >= rows {
+                    break;
+                }
                 verdicts[r] = e.verdict();
                 if e.matched != NO_MATCH {
                     states[r] = match resolve {
-                        true => self.state_parts[p][e.matched as usize].row,
+                        true => sp[e.matched as usize].row,
                         false => 0,
                     };
                 }
-                *at += 1;
             }
         }
         (verdicts, states)
@@ -540,11 +536,11 @@ struct Job {
     state_starts: Vec<Row>,
     /// Each side's identifiers, by partition.
     model_parts: Vec<Part>,
+    /// Each model batch's first entry in each partition.
+    batch_starts: Vec<u32>,
     state_parts: Vec<Part>,
     matches: Option<Matches>,
-    /// Output progress: each partition's next entry, the next model batch, then the next
-    /// deletion.
-    cursors: Vec<usize>,
+    /// Output progress: the next model batch, then the next deletion.
     next_batch: usize,
     next_deleted: usize,
 }
@@ -803,7 +799,7 @@ impl Job {
             model_parts: (0..PARTS).map(|_| Vec::with_capacity(per_part)).collect(),
             state_parts: (0..PARTS).map(|_| Vec::with_capacity(per_part)).collect(),
             matches: None,
-            cursors: vec![0; PARTS],
+            batch_starts: Vec::new(),
             next_batch: 0,
             next_deleted: 0,
         }
@@ -851,11 +847,14 @@ impl Job {
         };
         let end = next_start(&self.model_starts, ids.len())?;
         let first = self.model_starts[self.model.len()];
+        self.batch_starts
+            .extend(self.model_parts.iter().map(|p| p.len() as u32));
         scatter(&ids, hashes, first, self.seed, &mut self.model_parts);
         let held = batch.project(&self.cols.held)?;
         // The held columns' buffers, each counted once (columns read from a bucket's file
-        // share one), and per row its partition entry and its verdict's output.
-        let bytes = self.counted.count_batch(&held) + ids.len() * MODEL_ROW_BYTES;
+        // share one), where the batch starts in each partition, and per row its partition
+        // entry and its verdict's output.
+        let bytes = self.counted.count_batch(&held) + BATCH_BYTES + ids.len() * MODEL_ROW_BYTES;
         self.model.push(held);
         self.model_starts.push(end);
         self.charge(bytes)
@@ -912,6 +911,7 @@ impl Job {
         let mut m = Matches {
             model_parts,
             state_parts,
+            batch_starts: std::mem::take(&mut self.batch_starts),
             more: HashMap::new(),
             deleted: Vec::new(),
         };
@@ -929,7 +929,7 @@ impl Job {
 
     /// Classifies model batch `b`: one output row per model row, or one per matching state
     /// row when the state holds an identifier more than once.
-    fn classify(&self, b: usize, m: &Matches, cursors: &mut [usize]) -> Result<RecordBatch> {
+    fn classify(&self, b: usize, m: &Matches) -> Result<RecordBatch> {
         let time = self.phase[3].clone();
         let _timer = time.timer();
         let mb = &self.model[b];
@@ -941,7 +941,7 @@ impl Job {
         let mut take_rows: Option<Vec<u32>> = None;
         let none = Vec::new();
         let start = self.model_starts[b];
-        let (mut verdicts, states) = m.read_back(cursors, start, rows, with_state);
+        let (mut verdicts, states) = m.read_back(b, start, rows, with_state);
         self.check_rules(mb, &mut verdicts, &states)?;
         // Each output row's verdict, written out as kinds and reasons at the end. A count
         // against a state without repeated identifiers has one row each, as they are.
@@ -1101,10 +1101,7 @@ impl Iterator for Job {
         let m = self.matches.take()?;
         let out = if self.next_batch < self.model.len() {
             self.next_batch += 1;
-            let mut cursors = std::mem::take(&mut self.cursors);
-            let out = self.classify(self.next_batch - 1, &m, &mut cursors);
-            self.cursors = cursors;
-            Some(out)
+            Some(self.classify(self.next_batch - 1, &m))
         } else if self.next_deleted < m.deleted.len() {
             let places = deletions(&m, self.next_deleted);
             self.next_deleted += places.len();
@@ -1119,8 +1116,8 @@ impl Iterator for Job {
 
 impl Job {
     /// The output batches in order, ending at the first error. With more than one thread
-    /// they are built on that many: each takes every n-th model batch, walking the
-    /// partitions with its own cursors, one batch ahead of the reader (a batch of a few
+    /// they are built on that many: each takes every n-th model batch, reading its entries
+    /// where they start in each partition, one batch ahead of the reader (a batch of a few
     /// hundred KB per thread, left out of the pool's count), so the output costs its share
     /// of the time the inputs took to end, not all of it on one thread.
     fn into_stream(self) -> BoxStream<'static, Result<RecordBatch>> {
@@ -1138,10 +1135,9 @@ impl Job {
                 let Some(m) = job.matches.as_ref() else {
                     return;
                 };
-                let mut cursors = vec![0; PARTS];
                 for b in (w..batches).step_by(workers) {
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        job.classify(b, m, &mut cursors)
+                        job.classify(b, m)
                     }))
                     .unwrap_or_else(|p| {
                         let why = (p.downcast_ref::<&str>().map(|s| s.to_string()))
@@ -1222,15 +1218,22 @@ mod tests {
         b.finish()
     }
 
-    /// Partitions of `ids` and their row hashes, split into batches of `batch` rows.
-    fn parts(ids: &[Option<&str>], row_hashes: &[Option<u8>], batch: usize) -> Vec<Part> {
+    /// Partitions of `ids` and their row hashes, split into batches of `batch` rows, and
+    /// where each batch starts in each partition.
+    fn parts(
+        ids: &[Option<&str>],
+        row_hashes: &[Option<u8>],
+        batch: usize,
+    ) -> (Vec<Part>, Vec<u32>) {
         let mut parts: Vec<Part> = (0..PARTS).map(|_| Part::default()).collect();
+        let mut starts = Vec::new();
         for (b, (ids, row_hashes)) in ids.chunks(batch).zip(row_hashes.chunks(batch)).enumerate() {
             let ids: ArrayRef = Arc::new(StringArray::from(ids.to_vec()));
             let ids = Strings::new(&ids).expect("strings");
+            starts.extend(parts.iter().map(|p| p.len() as u32));
             scatter(&ids, &hashes(row_hashes), (b * batch) as Row, 7, &mut parts);
         }
-        parts
+        (parts, starts)
     }
 
     fn field(name: &str, t: DataType) -> Field {
@@ -1331,13 +1334,11 @@ mod tests {
             job.reservation.size()
         };
         // Every column is held (no projection), its shared buffer charged once, plus each
-        // row's partition entry.
-        assert_eq!(charged(None, read), once + rows * MODEL_ROW_BYTES);
+        // row's partition entry and where the batch starts in each partition.
+        let per_batch = rows * MODEL_ROW_BYTES + BATCH_BYTES;
+        assert_eq!(charged(None, read), once + per_batch);
         // A count holds only the identifiers: not the row hashes, values or contactIds.
-        assert_eq!(
-            charged(Some(vec![0, 1, 2, 3]), batch),
-            ids_only + rows * MODEL_ROW_BYTES
-        );
+        assert_eq!(charged(Some(vec![0, 1, 2, 3]), batch), ids_only + per_batch);
     }
 
     #[test]
@@ -1579,7 +1580,7 @@ mod tests {
     #[test]
     fn the_join_gives_every_model_row_one_verdict() {
         // Model rows in two batches (rows 0-4, then 5-8), to read back batch by batch.
-        let model = parts(
+        let (model, batch_starts) = parts(
             &[
                 Some("same@x.se"),
                 Some("changed@x.se"),
@@ -1604,7 +1605,7 @@ mod tests {
             ],
             5,
         );
-        let state = parts(
+        let (state, _) = parts(
             &[
                 Some("same@x.se"),
                 Some("changed@x.se"),
@@ -1629,28 +1630,17 @@ mod tests {
             let m = Matches {
                 model_parts,
                 state_parts: state.clone(),
+                batch_starts: batch_starts.clone(),
                 more: HashMap::new(),
                 deleted: Vec::new(),
             };
-            let mut cursors = vec![0; PARTS];
-            let (mut verdicts, mut states) = m.read_back(&mut cursors, 0, 5, true);
-            // A reader that skips the first batch finds the second's the same.
-            let mut skipping = vec![0; PARTS];
-            assert_eq!(
-                m.read_back(&mut skipping, 5, 4, true),
-                m.read_back(&mut cursors, 5, 4, true)
-            );
-            assert_eq!(skipping, cursors);
-            let (v1, s1) = m.read_back(&mut vec![0; PARTS], 5, 4, true);
+            // The second batch reads the same before and after the first.
+            let second = m.read_back(1, 5, 4, true);
+            let (mut verdicts, mut states) = m.read_back(0, 0, 5, true);
+            let (v1, s1) = m.read_back(1, 5, 4, true);
+            assert_eq!((v1.clone(), s1.clone()), second);
             verdicts.extend(v1);
             states.extend(s1);
-            // Every entry was read back with its batch.
-            assert!(
-                m.model_parts
-                    .iter()
-                    .zip(&cursors)
-                    .all(|(p, c)| p.len() == *c)
-            );
             let dup = invalid(identity::REASON_DUPLICATE);
             let empty = invalid(identity::REASON_EMPTY);
             // "repeated" matches two state rows, hashes 7 (unchanged) and 8 (changed).
