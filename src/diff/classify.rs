@@ -389,7 +389,10 @@ impl ExecutionPlan for ClassifyExec {
         let state = execute_stream(Arc::clone(&self.state), Arc::clone(&context))?;
         let reservation =
             MemoryConsumer::new("voyado change detection").register(context.memory_pool());
-        let threads = context.session_config().target_partitions();
+        // One thread per partition of the session, but no more than the cores: these are
+        // OS threads, and a session may have more partitions than cores.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = context.session_config().target_partitions().min(cores);
         let job = Job::new(self, partition, reservation, threads);
         let out = self.properties().eq_properties.schema().clone();
         let batches = futures::stream::once(job.collect(model, state))

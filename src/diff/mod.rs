@@ -105,6 +105,11 @@ pub async fn plan(
     snapshot: Option<(DataFrame, &Manifest)>,
     wide: bool,
 ) -> Result<ChangeSet> {
+    let state_rows = snapshot.as_ref().map_or(0, |(_, m)| m.snapshot_rows);
+    let buckets = buckets(settings, state_rows, wide);
+    if buckets == 1 {
+        crate::catalog::size_partitions(ctx, settings).await;
+    }
     let (slices, slice_files) = crate::model::plan_slices(ctx, settings).await?;
     let schema = slices[0].schema().as_arrow().clone();
     let problems = crate::model::check_output(&schema, settings);
@@ -165,14 +170,6 @@ pub async fn plan(
         st = quote(state::STATUS),
     );
 
-    let state_rows = manifest.map_or(0, |m| m.snapshot_rows);
-    let buckets = bucket_count(
-        settings.limits.diff_partitions,
-        settings.limits.memory_limit_mb,
-        settings.slices.count,
-        state_rows,
-        wide,
-    );
     let values = if wide {
         rules
             .attr_cols
@@ -320,6 +317,18 @@ pub async fn plan(
 /// and takes the other half), or a quarter when the classification also holds the rows'
 /// values (staging, `wide`, which this estimate does not count). A sliced model (too large
 /// for memory by the user's own account) gets at least `BUCKETS_PER_SLICE` per slice.
+/// The buckets `plan` classifies in against a state of `state_rows` (at least the model's
+/// slices, so one bucket means the model runs in one piece too).
+pub fn buckets(settings: &Settings, state_rows: u64, wide: bool) -> u32 {
+    bucket_count(
+        settings.limits.diff_partitions,
+        settings.limits.memory_limit_mb,
+        settings.slices.count,
+        state_rows,
+        wide,
+    )
+}
+
 fn bucket_count(
     diff_partitions: u32,
     memory_limit_mb: u64,
