@@ -541,6 +541,8 @@ struct Job {
     model_parts: Vec<Part>,
     /// Each model batch's first entry in each partition.
     batch_starts: Vec<u32>,
+    /// Entries each partition is sized for when its side's first batch arrives.
+    per_part: usize,
     state_parts: Vec<Part>,
     matches: Option<Matches>,
     /// Output progress: the next model batch, then the next deletion.
@@ -757,6 +759,15 @@ fn scatter(
     }
 }
 
+/// Sizes each partition for `entries` when its side's first batch arrives rather than up
+/// front: the model's first rows come once its own aggregates and joins have freed their
+/// memory, which the allocator then gives to the partitions instead of fresh pages.
+fn reserve(parts: &mut [Part], entries: usize) {
+    for p in parts {
+        p.reserve(entries);
+    }
+}
+
 /// The rows of a side after one more batch of `rows`, or an error past what a `Row` holds.
 fn next_start(starts: &[Row], rows: usize) -> Result<Row> {
     let first = starts.last().copied().unwrap_or(0);
@@ -799,8 +810,9 @@ impl Job {
             model_starts: vec![0],
             state_starts: vec![0],
             // Sized for the expected rows, plus an eighth for new identifiers and skew.
-            model_parts: (0..PARTS).map(|_| Vec::with_capacity(per_part)).collect(),
-            state_parts: (0..PARTS).map(|_| Vec::with_capacity(per_part)).collect(),
+            model_parts: (0..PARTS).map(|_| Vec::new()).collect(),
+            state_parts: (0..PARTS).map(|_| Vec::new()).collect(),
+            per_part,
             matches: None,
             batch_starts: Vec::new(),
             next_batch: 0,
@@ -850,6 +862,9 @@ impl Job {
         };
         let end = next_start(&self.model_starts, ids.len())?;
         let first = self.model_starts[self.model.len()];
+        if self.model.is_empty() {
+            reserve(&mut self.model_parts, self.per_part);
+        }
         self.batch_starts
             .extend(self.model_parts.iter().map(|p| p.len() as u32));
         scatter(&ids, hashes, first, self.seed, &mut self.model_parts);
@@ -879,6 +894,9 @@ impl Job {
         };
         let end = next_start(&self.state_starts, sb.ids.len())?;
         let first = self.state_starts[self.state.len()];
+        if self.state.is_empty() {
+            reserve(&mut self.state_parts, self.per_part);
+        }
         scatter(&sb.ids, hashes, first, self.seed, &mut self.state_parts);
         let bytes = get_record_batch_memory_size(&batch) + sb.ids.len() * STATE_ROW_BYTES;
         self.state.push(sb);
