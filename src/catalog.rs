@@ -105,14 +105,14 @@ const SOURCE_BYTES_PER_PARTITION: u64 = 24 << 20;
 const MAX_SIZED_PARTITIONS: usize = 16;
 
 /// Gives a model run in one piece (no slices, one change detection bucket) one partition
-/// per 24 MiB of its Parquet sources, from one per core up to 16. A large model's
+/// per 24 MiB of its Parquet sources (`bytes`), from one per core up to 16. A large model's
 /// aggregates then build many small hash tables that stay in the CPU's caches instead of one
 /// per core that does not: at 10 M customers (428 MB of sources) on 2 cores, 16 partitions
 /// took the model from 3.6 to 3.2 s and the plan from 5.8 to 4.9 s (BENCHMARKS.md). Sliced
 /// or bucketed runs keep one per core: each partition writes its own bucket files, and a
 /// slice's tables are small. A `target_partitions` set in `[datafusion]`, an engine other
-/// than the local one, or sources that cannot be listed leave the session as it is.
-pub async fn size_partitions(ctx: &SessionContext, settings: &Settings) {
+/// than the local one leave the session as it is.
+pub fn size_partitions(ctx: &SessionContext, settings: &Settings, bytes: u64) {
     if !matches!(settings.engine, Engine::Local)
         || settings
             .datafusion
@@ -121,9 +121,6 @@ pub async fn size_partitions(ctx: &SessionContext, settings: &Settings) {
     {
         return;
     }
-    let Some(bytes) = source_bytes(ctx, settings).await else {
-        return;
-    };
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let partitions = partitions_for(bytes, cores);
     tracing::debug!(bytes, partitions, "partitions sized to the sources");
@@ -140,7 +137,7 @@ fn partitions_for(bytes: u64, cores: usize) -> usize {
 
 /// The bytes of every file the registered source tables read, or None when one cannot be
 /// listed (the model's own run then reports why).
-async fn source_bytes(ctx: &SessionContext, settings: &Settings) -> Option<u64> {
+pub async fn source_bytes(ctx: &SessionContext, settings: &Settings) -> Option<u64> {
     use datafusion::datasource::listing::ListingTable;
     use futures::TryStreamExt;
     let state = ctx.state();
@@ -466,7 +463,7 @@ mod tests {
             .options_mut()
             .execution
             .target_partitions = 99;
-        size_partitions(&ctx, &settings).await;
+        size_partitions(&ctx, &settings, a + b1 + b2 + c);
         let cores = std::thread::available_parallelism().unwrap().get();
         assert_eq!(ctx.state().config().target_partitions(), cores);
     }
@@ -477,7 +474,7 @@ mod tests {
         write_parquet(&dir.path().join("a.parquet"), 10);
         let extra = "[datafusion]\n\"execution.target_partitions\" = 3\n";
         let (ctx, settings) = session_of(dir.path(), r#"a = "a.parquet""#, extra).await;
-        size_partitions(&ctx, &settings).await;
+        size_partitions(&ctx, &settings, 1 << 40);
         assert_eq!(ctx.state().config().target_partitions(), 3);
     }
 }

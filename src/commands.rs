@@ -141,9 +141,13 @@ pub async fn plan(target: impl Into<Target>) -> Result<Report> {
 pub async fn model_only(target: impl Into<Target>) -> Result<(u64, u64)> {
     let p = prepare(&target.into(), false).await?;
     // The partitions `plan` would run this model with.
-    let state_rows = p.state.manifest().await?.map_or(0, |m| m.snapshot_rows);
-    if diff::buckets(&p.settings, state_rows, false) == 1 {
-        crate::catalog::size_partitions(&p.ctx, &p.settings).await;
+    let state_rows = p.state.manifest().await?.map(|m| m.snapshot_rows);
+    let sources = crate::catalog::source_bytes(&p.ctx, &p.settings).await;
+    let rows = diff::rows_to_bucket(state_rows, sources);
+    if diff::buckets(&p.settings, rows, false) == 1
+        && let Some(bytes) = sources
+    {
+        crate::catalog::size_partitions(&p.ctx, &p.settings, bytes);
     }
     let mut rows = 0u64;
     let (slices, _files) = crate::model::plan_slices(&p.ctx, &p.settings).await?;

@@ -53,6 +53,11 @@ pub const INVALID: &str = "invalid";
 /// its model row's identifiers and hash, both partition entries: about 270 charged to the
 /// pool at 1 M and 10 M rows), for choosing the number of buckets.
 const BYTES_PER_STATE_ROW: u64 = 320;
+/// Parquet source bytes per model row assumed when there is no snapshot to count rows in:
+/// the benchmark's extracts (a customer and two orders each) take 43; a model that
+/// aggregates more source rows into one has fewer rows than estimated, which costs buckets,
+/// not memory.
+const SOURCE_BYTES_PER_ROW: u64 = 40;
 /// Buckets per model slice: a slice's rows with their values must fit a bucket's share of
 /// the pool.
 const BUCKETS_PER_SLICE: u32 = 4;
@@ -105,10 +110,14 @@ pub async fn plan(
     snapshot: Option<(DataFrame, &Manifest)>,
     wide: bool,
 ) -> Result<ChangeSet> {
-    let state_rows = snapshot.as_ref().map_or(0, |(_, m)| m.snapshot_rows);
-    let buckets = buckets(settings, state_rows, wide);
-    if buckets == 1 {
-        crate::catalog::size_partitions(ctx, settings).await;
+    let snapshot_rows = snapshot.as_ref().map(|(_, m)| m.snapshot_rows);
+    let state_rows = snapshot_rows.unwrap_or(0);
+    let sources = crate::catalog::source_bytes(ctx, settings).await;
+    let buckets = buckets(settings, rows_to_bucket(snapshot_rows, sources), wide);
+    if buckets == 1
+        && let Some(bytes) = sources
+    {
+        crate::catalog::size_partitions(ctx, settings, bytes);
     }
     let (slices, slice_files) = crate::model::plan_slices(ctx, settings).await?;
     let schema = slices[0].schema().as_arrow().clone();
@@ -312,23 +321,31 @@ pub async fn plan(
     })
 }
 
+/// The buckets `plan` classifies in against a state of `rows` (at least the model's
+/// slices, so one bucket means the model runs in one piece too).
+pub fn buckets(settings: &Settings, rows: u64, wide: bool) -> u32 {
+    bucket_count(
+        settings.limits.diff_partitions,
+        settings.limits.memory_limit_mb,
+        settings.slices.count,
+        rows,
+        wide,
+    )
+}
+
+/// The rows to choose buckets for: the snapshot's (`state_rows`), or on a first run, which
+/// has none, an estimate from the size of the model's sources (`source_bytes`, None when
+/// they could not be listed), so that a large first `baseline` is bucketed like the runs
+/// after it instead of failing for memory.
+pub fn rows_to_bucket(state_rows: Option<u64>, source_bytes: Option<u64>) -> u64 {
+    state_rows.unwrap_or_else(|| source_bytes.map_or(0, |b| b / SOURCE_BYTES_PER_ROW))
+}
+
 /// Identifier buckets: `diff_partitions` when set; else 1 unless the state's identifiers
 /// would not fit half the memory pool (the model runs beside an unbucketed classification
 /// and takes the other half), or a quarter when the classification also holds the rows'
 /// values (staging, `wide`, which this estimate does not count). A sliced model (too large
 /// for memory by the user's own account) gets at least `BUCKETS_PER_SLICE` per slice.
-/// The buckets `plan` classifies in against a state of `state_rows` (at least the model's
-/// slices, so one bucket means the model runs in one piece too).
-pub fn buckets(settings: &Settings, state_rows: u64, wide: bool) -> u32 {
-    bucket_count(
-        settings.limits.diff_partitions,
-        settings.limits.memory_limit_mb,
-        settings.slices.count,
-        state_rows,
-        wide,
-    )
-}
-
 fn bucket_count(
     diff_partitions: u32,
     memory_limit_mb: u64,
@@ -640,6 +657,16 @@ pub fn log_metrics(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_first_run_buckets_by_its_sources_later_runs_by_their_snapshot() {
+        // A snapshot's rows win, even an empty one's.
+        assert_eq!(rows_to_bucket(Some(5), Some(1 << 30)), 5);
+        assert_eq!(rows_to_bucket(Some(0), Some(1 << 30)), 0);
+        // No snapshot: rows estimated from the sources' bytes; none when they are unknown.
+        assert_eq!(rows_to_bucket(None, Some(40 * 1000)), 1000);
+        assert_eq!(rows_to_bucket(None, None), 0);
+    }
 
     #[test]
     fn kinds_are_counted_as_views_and_as_plain_strings() {

@@ -452,3 +452,47 @@ fn a_failed_sliced_plan_restores_the_source_tables() {
         assert_eq!(whole, 40);
     });
 }
+
+/// A first `baseline` has no snapshot to size its buckets by: a model whose rows would not
+/// fit the memory limit in one bucket is bucketed from its sources' size instead of failing
+/// "Resources exhausted".
+#[test]
+fn a_first_baseline_too_large_for_one_bucket_is_bucketed_by_its_sources() {
+    use crate::common::{cli, counts, json};
+    let rows = 200_000;
+    // Values that do not compress: the sources' size then tells the rows' size.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let ids: Vec<String> = (0..rows).map(|i| format!("u{i}@x.se")).collect();
+    let values: Vec<String> = (0..rows)
+        .map(|_| (0..16).map(|_| format!("{:016x}", next())).collect())
+        .collect();
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(StringArray::from(ids)) as ArrayRef),
+        ("s", Arc::new(StringArray::from(values)) as ArrayRef),
+    ])
+    .unwrap();
+    let sync = Sync::new();
+    sync.land(&batch);
+    sync.write_config(
+        "SELECT id, s FROM t",
+        "id",
+        "email",
+        "upsert",
+        "[custom_attributes]\ncolumns = [\"s\"]\n[limits]\nmemory_limit_mb = 64\n",
+    );
+    let config = sync.config();
+    let config = config.to_str().unwrap();
+    let out = cli(&["baseline", "--json", "-c", config], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(counts(&json(&out)), [rows, 0, 0, 0, 0]);
+    // The snapshot holds every row: the next plan finds them all unchanged.
+    let out = cli(&["plan", "--json", "-c", config], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(counts(&json(&out)), [0, 0, rows, 0, 0]);
+}
