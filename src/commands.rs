@@ -142,13 +142,7 @@ pub async fn model_only(target: impl Into<Target>) -> Result<(u64, u64)> {
     let p = prepare(&target.into(), false).await?;
     // The partitions `plan` would run this model with.
     let state_rows = p.state.manifest().await?.map(|m| m.snapshot_rows);
-    let sources = crate::catalog::source_bytes(&p.ctx, &p.settings).await;
-    let rows = diff::rows_to_bucket(state_rows, sources);
-    if diff::buckets(&p.settings, rows, false) == 1
-        && let Some(bytes) = sources
-    {
-        crate::catalog::size_partitions(&p.ctx, &p.settings, bytes);
-    }
+    diff::size_session(&p.ctx, &p.settings, state_rows, false).await;
     let mut rows = 0u64;
     let (slices, _files) = crate::model::plan_slices(&p.ctx, &p.settings).await?;
     for df in slices {

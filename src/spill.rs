@@ -194,17 +194,112 @@ pub async fn read(ctx: &SessionContext, paths: &[PathBuf]) -> datafusion::error:
     .await
 }
 
-/// A private temporary folder for bucket files, removed when dropped.
+/// A private temporary folder for bucket files, removed when dropped. Its name carries the
+/// process (`voyado-sync-spill-<pid namespace>-<pid>-`), so that folders a killed process
+/// left behind are removed by the next command that spills.
 pub fn temp_dir() -> Result<tempfile::TempDir> {
+    let root = std::env::temp_dir();
+    sweep(&root);
     tempfile::Builder::new()
-        .prefix("voyado-sync-spill-")
-        .tempdir()
+        .prefix(&format!("{}{}-", SPILL_PREFIX, owner()))
+        .tempdir_in(&root)
         .map_err(|e| Error::Storage(format!("temporary folder for spilled rows: {}", e.kind())))
+}
+
+const SPILL_PREFIX: &str = "voyado-sync-spill-";
+
+/// This process as spill folders name it: its PID namespace and its id, since processes of
+/// two containers sharing one temporary folder may have the same id.
+fn owner() -> String {
+    format!("{}-{}", pid_namespace().unwrap_or(0), std::process::id())
+}
+
+#[cfg(target_os = "linux")]
+fn pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pid_namespace() -> Option<u64> {
+    None
+}
+
+/// Removes the spill folders under `root` of processes of this PID namespace that no
+/// longer run (killed before they could clean up). Folders of running processes, of other
+/// namespaces, and any other name are left alone; so is everything when process ids
+/// cannot be checked (no /proc).
+fn sweep(root: &Path) {
+    let Some(ns) = pid_namespace() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(SPILL_PREFIX)) else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, '-');
+        let (Some(their_ns), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if their_ns.parse() != Ok(ns) || pid.parse::<u32>().is_err() {
+            continue;
+        }
+        if !Path::new("/proc").join(pid).exists() {
+            tracing::debug!(folder = %entry.path().display(), "removing a dead process's spill folder");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn folders_of_dead_processes_are_swept_others_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let ns = pid_namespace().unwrap();
+        // A process that has ended: its id is free (until the system reuses it).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let dirs = [
+            (format!("{SPILL_PREFIX}{ns}-{dead}-abc123"), false),
+            (
+                format!("{SPILL_PREFIX}{ns}-{}-def456", std::process::id()),
+                true,
+            ),
+            (format!("{SPILL_PREFIX}{}-{dead}-ghi789", ns + 1), true),
+            (format!("{SPILL_PREFIX}old-style"), true),
+            (format!("unrelated-{ns}-{dead}-x"), true),
+        ];
+        for (d, _) in &dirs {
+            std::fs::create_dir(root.path().join(d)).unwrap();
+            std::fs::write(root.path().join(d).join("bucket-0.arrow"), b"x").unwrap();
+        }
+        sweep(root.path());
+        for (d, kept) in &dirs {
+            assert_eq!(root.path().join(d).exists(), *kept, "{d}");
+        }
+        // A new spill folder is named after this process.
+        let dir = temp_dir().unwrap();
+        let name = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            name.starts_with(&format!("{SPILL_PREFIX}{}-", owner())),
+            "{name}"
+        );
+    }
     use datafusion::arrow::array::{ArrayRef, StringViewArray, UInt32Array};
     use datafusion::arrow::datatypes::{DataType, Field};
 

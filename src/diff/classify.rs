@@ -5,7 +5,7 @@
 //! stage waiting for the one below. Here both inputs are read side by side as they stream
 //! in: each row's identifier goes, as its 128-bit hash with its row's number and row hash,
 //! to one of 256 partitions by the top bits of that hash. Once both inputs end, the
-//! partitions are joined on the session's threads (each partition's tables fit the CPU
+//! partitions are joined on one thread per core (each partition's tables fit the CPU
 //! caches): model rows are matched with state rows and counted per identifier, and each
 //! model row gets its verdict; state rows that no model row claimed come out as deletions.
 //! The output, built on the same threads, checks the identifiers the state lacks against
@@ -391,7 +391,7 @@ impl ExecutionPlan for ClassifyExec {
             MemoryConsumer::new("voyado change detection").register(context.memory_pool());
         // One thread per partition of the session, but no more than the cores: these are
         // OS threads, and a session may have more partitions than cores.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let threads = context.session_config().target_partitions().min(cores);
         let job = Job::new(self, partition, reservation, threads);
         let out = self.properties().eq_properties.schema().clone();
@@ -526,7 +526,8 @@ struct Job {
     /// CPU time of each phase: adding model rows, adding state rows, joining, classifying.
     phase: [Time; 4],
     reservation: MemoryReservation,
-    /// Threads for the join and the output: the session's target partitions.
+    /// Threads for the join and the output: the session's target partitions, at most one
+    /// per core.
     threads: usize,
     /// The identifier hashes' seed, drawn at random for this classification.
     seed: u64,
@@ -787,6 +788,7 @@ impl Job {
         reservation: MemoryReservation,
         threads: usize,
     ) -> Self {
+        // Sized for the expected rows, plus an eighth for new identifiers and skew.
         let per_part = exec.expected / PARTS + exec.expected / PARTS / 8;
         Job {
             key: exec.key,
@@ -809,7 +811,6 @@ impl Job {
             state: Vec::new(),
             model_starts: vec![0],
             state_starts: vec![0],
-            // Sized for the expected rows, plus an eighth for new identifiers and skew.
             model_parts: (0..PARTS).map(|_| Vec::new()).collect(),
             state_parts: (0..PARTS).map(|_| Vec::new()).collect(),
             per_part,
@@ -1488,8 +1489,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn output_built_on_several_threads_comes_in_order() {
-        // Seven model batches of three rows against a state holding every other identifier
-        // (with another row hash every third) and some the model lacks.
+        // Seven model batches of three rows, and an empty one among them, against a state
+        // holding every other identifier (with another row hash every third) and some the
+        // model lacks.
         let build = |threads: usize| {
             let mut job = job(None, 30);
             job.threads = threads;
@@ -1497,6 +1499,9 @@ mod tests {
                 let ids: Vec<String> = (0..3).map(|r| format!("u{}@x.se", b * 3 + r)).collect();
                 let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                 job.add_model(model_batch(&ids, &[Some(1); 3])).unwrap();
+                if b == 3 {
+                    job.add_model(model_batch(&[], &[])).unwrap();
+                }
             }
             let ids: Vec<String> = (0..40).step_by(2).map(|i| format!("u{i}@x.se")).collect();
             let row_hashes: Vec<Option<u8>> =
@@ -1519,7 +1524,28 @@ mod tests {
             job
         };
         let serial: Vec<RecordBatch> = Iterator::collect::<Result<_>>(build(1)).unwrap();
-        assert_eq!(serial.len(), 7 + 1, "seven model batches and the deletions");
+        assert_eq!(serial.len(), 8 + 1, "eight model batches and the deletions");
+        // Model row k: odd ones are new; even ones are the state's row k / 2, changed where
+        // that is a multiple of three. The state's u22 to u38 are deleted.
+        let kinds: Vec<String> = serial
+            .iter()
+            .flat_map(|b| {
+                Strings::new(b.column(0))
+                    .unwrap()
+                    .iter()
+                    .map(|k| k.unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut want: Vec<&str> = (0..21)
+            .map(|k| match k {
+                _ if k % 2 == 1 => NEW,
+                _ if (k / 2) % 3 == 0 => CHANGED,
+                _ => UNCHANGED,
+            })
+            .collect();
+        want.extend([DELETED; 9]);
+        assert_eq!(kinds, want);
         for threads in [2, 3] {
             let out: Vec<Result<RecordBatch>> = build(threads).into_stream().collect().await;
             let out: Vec<RecordBatch> = out.into_iter().collect::<Result<_>>().unwrap();

@@ -112,13 +112,7 @@ pub async fn plan(
 ) -> Result<ChangeSet> {
     let snapshot_rows = snapshot.as_ref().map(|(_, m)| m.snapshot_rows);
     let state_rows = snapshot_rows.unwrap_or(0);
-    let sources = crate::catalog::source_bytes(ctx, settings).await;
-    let buckets = buckets(settings, rows_to_bucket(snapshot_rows, sources), wide);
-    if buckets == 1
-        && let Some(bytes) = sources
-    {
-        crate::catalog::size_partitions(ctx, settings, bytes);
-    }
+    let buckets = size_session(ctx, settings, snapshot_rows, wide).await;
     let (slices, slice_files) = crate::model::plan_slices(ctx, settings).await?;
     let schema = slices[0].schema().as_arrow().clone();
     let problems = crate::model::check_output(&schema, settings);
@@ -203,6 +197,7 @@ pub async fn plan(
             )
         };
         let mut model_paths = vec![Vec::new(); buckets as usize];
+        let mut model_rows = 0;
         for (i, slice) in slices.into_iter().enumerate() {
             let src = format!("__vs_model_src_{i}");
             ctx.register_table(src.as_str(), slice.into_view())
@@ -210,8 +205,9 @@ pub async fn plan(
             let sql = rules.projection(&src, wide, &route(&rules.routing_id()));
             let df = ctx.sql(&sql).await.map_err(fail("model"))?;
             let name = format!("model-{i}");
-            let (_, paths) =
+            let (rows, paths) =
                 spill::split(df, dir.path(), &name, buckets, "running the model").await?;
+            model_rows += rows;
             for (all, these) in model_paths.iter_mut().zip(paths) {
                 all.extend(these);
             }
@@ -228,7 +224,8 @@ pub async fn plan(
         for (b, (m, s)) in model_paths.iter().zip(&snap_paths).enumerate() {
             let model = spill::read(ctx, m).await.map_err(fail("model"))?;
             let snap = spill::read(ctx, s).await.map_err(fail("state"))?;
-            let rows = state_rows / u64::from(buckets);
+            // Per bucket, the larger side's rows: on a first run the snapshot has none.
+            let rows = state_rows.max(model_rows) / u64::from(buckets);
             // ClassifyExec holds the bucket's model rows; when they would not fit half the
             // pool (wide rows, few buckets), the SQL join streams them instead.
             let held = spill::bytes(m) + spill::bytes(s) + rows * BYTES_PER_STATE_ROW;
@@ -321,23 +318,48 @@ pub async fn plan(
     })
 }
 
-/// The buckets `plan` classifies in against a state of `rows` (at least the model's
-/// slices, so one bucket means the model runs in one piece too).
-pub fn buckets(settings: &Settings, rows: u64, wide: bool) -> u32 {
-    bucket_count(
-        settings.limits.diff_partitions,
-        settings.limits.memory_limit_mb,
-        settings.slices.count,
-        rows,
-        wide,
-    )
+/// Chooses the buckets `plan` classifies in against a snapshot of `snapshot_rows` (None on
+/// a first run) and, when that is one (so the model runs in one piece: buckets are at
+/// least the slices), sizes the session's partitions to the model's sources. The sources
+/// are listed only when that can change something: on a first run, or for one bucket.
+pub async fn size_session(
+    ctx: &SessionContext,
+    settings: &Settings,
+    snapshot_rows: Option<u64>,
+    wide: bool,
+) -> u32 {
+    let buckets = |rows| {
+        bucket_count(
+            settings.limits.diff_partitions,
+            settings.limits.memory_limit_mb,
+            settings.slices.count,
+            rows,
+            wide,
+        )
+    };
+    // Under Ballista each bucket's query recomputes the model on the cluster, and the
+    // cluster's memory is not this pool: a first run there is not bucketed by estimate.
+    if settings.engine.is_ballista() {
+        return buckets(snapshot_rows.unwrap_or(0));
+    }
+    let sources = match snapshot_rows {
+        Some(rows) if buckets(rows) > 1 => None,
+        _ => crate::catalog::source_bytes(ctx, settings).await,
+    };
+    let chosen = buckets(rows_to_bucket(snapshot_rows, sources));
+    if chosen == 1
+        && let Some(bytes) = sources
+    {
+        crate::catalog::size_partitions(ctx, settings, bytes);
+    }
+    chosen
 }
 
 /// The rows to choose buckets for: the snapshot's (`state_rows`), or on a first run, which
 /// has none, an estimate from the size of the model's sources (`source_bytes`, None when
 /// they could not be listed), so that a large first `baseline` is bucketed like the runs
 /// after it instead of failing for memory.
-pub fn rows_to_bucket(state_rows: Option<u64>, source_bytes: Option<u64>) -> u64 {
+fn rows_to_bucket(state_rows: Option<u64>, source_bytes: Option<u64>) -> u64 {
     state_rows.unwrap_or_else(|| source_bytes.map_or(0, |b| b / SOURCE_BYTES_PER_ROW))
 }
 
