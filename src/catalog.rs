@@ -66,9 +66,8 @@ fn runtime(settings: &Settings) -> Result<Arc<RuntimeEnv>> {
 /// The crate's options, then the user's `[datafusion]` ones, on a session config (shared by
 /// the local and the Ballista engine).
 fn tune(config: SessionConfig, settings: &Settings) -> Result<SessionConfig> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut config = config
-        .with_target_partitions(threads)
+        .with_target_partitions(cores())
         .with_information_schema(false);
     // DataFusion 55 replaces a column by a literal when a file's min and max statistics are
     // equal and it has no nulls; Parquet writers leave NaN out of min/max, so a NaN among
@@ -104,25 +103,22 @@ const SOURCE_BYTES_PER_PARTITION: u64 = 24 << 20;
 /// The most partitions [`size_partitions`] gives (never fewer than the cores).
 const MAX_SIZED_PARTITIONS: usize = 16;
 
-/// Gives a model run in one piece (no slices, one change detection bucket) one partition
-/// per 24 MiB of its Parquet sources (`bytes`), from one per core up to 16. A large model's
-/// aggregates then build many small hash tables that stay in the CPU's caches instead of one
-/// per core that does not: at 10 M customers (428 MB of sources) on 2 cores, 16 partitions
-/// took the model from 3.6 to 3.2 s and the plan from 5.8 to 4.9 s (BENCHMARKS.md). Sliced
-/// or bucketed runs keep one per core: each partition writes its own bucket files, and a
-/// slice's tables are small. A `target_partitions` set in `[datafusion]`, an engine other
-/// than the local one leave the session as it is.
+/// The cores this process may use (2 when unknown): the session's partitions by default.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Gives a model run in one piece (no slices, one change detection bucket, local engine:
+/// see `diff::size_session`) one partition per 24 MiB of its Parquet sources (`bytes`),
+/// from one per core up to 16: a large model's aggregates then build many small hash
+/// tables that stay in the CPU's caches (BENCHMARKS.md). Sliced or bucketed runs keep one
+/// per core, since each partition writes its own bucket files. A `target_partitions` set
+/// in `[datafusion]` is left as it is.
 pub fn size_partitions(ctx: &SessionContext, settings: &Settings, bytes: u64) {
-    if !matches!(settings.engine, Engine::Local)
-        || settings
-            .datafusion
-            .iter()
-            .any(|(k, _)| k == TARGET_PARTITIONS)
-    {
+    if (settings.datafusion.iter()).any(|(k, _)| k == TARGET_PARTITIONS) {
         return;
     }
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let partitions = partitions_for(bytes, cores);
+    let partitions = partitions_for(bytes, cores());
     tracing::debug!(bytes, partitions, "partitions sized to the sources");
     let state = ctx.state_ref();
     let mut state = state.write();
@@ -464,8 +460,7 @@ mod tests {
             .execution
             .target_partitions = 99;
         size_partitions(&ctx, &settings, a + b1 + b2 + c);
-        let cores = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(ctx.state().config().target_partitions(), cores);
+        assert_eq!(ctx.state().config().target_partitions(), cores());
     }
 
     #[tokio::test]

@@ -142,7 +142,7 @@ pub async fn run_executor(settings: Option<&Settings>, opts: ExecutorOptions) ->
         scheduler_port,
         // Above 0, the executor waits for the scheduler to come up.
         scheduler_connect_timeout_seconds: 60,
-        vcores: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        vcores: crate::catalog::cores(),
         task_scheduling_policy: POLICY,
         work_dir: Some(work_dir.to_string_lossy().into_owned()),
         // Without a limit Ballista takes 70% of the host's memory.

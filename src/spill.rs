@@ -227,8 +227,8 @@ fn pid_namespace() -> Option<u64> {
 
 /// Removes the spill folders under `root` of processes of this PID namespace that no
 /// longer run (killed before they could clean up). Folders of running processes, of other
-/// namespaces, and any other name are left alone; so is everything when process ids
-/// cannot be checked (no /proc).
+/// namespaces, and any other name are left alone; so is everything where the PID
+/// namespace cannot be read.
 fn sweep(root: &Path) {
     let Some(ns) = pid_namespace() else {
         return;
@@ -245,10 +245,10 @@ fn sweep(root: &Path) {
         let (Some(their_ns), Some(pid)) = (parts.next(), parts.next()) else {
             continue;
         };
-        if their_ns.parse() != Ok(ns) || pid.parse::<u32>().is_err() {
+        let Ok(pid) = pid.parse::<u32>() else {
             continue;
-        }
-        if !Path::new("/proc").join(pid).exists() {
+        };
+        if their_ns.parse() == Ok(ns) && !crate::state::lock::process_alive(pid) {
             tracing::debug!(folder = %entry.path().display(), "removing a dead process's spill folder");
             let _ = std::fs::remove_dir_all(entry.path());
         }

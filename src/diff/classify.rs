@@ -391,8 +391,7 @@ impl ExecutionPlan for ClassifyExec {
             MemoryConsumer::new("voyado change detection").register(context.memory_pool());
         // One thread per partition of the session, but no more than the cores: these are
         // OS threads, and a session may have more partitions than cores.
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = context.session_config().target_partitions().min(cores);
+        let threads = (context.session_config().target_partitions()).min(crate::catalog::cores());
         let job = Job::new(self, partition, reservation, threads);
         let out = self.properties().eq_properties.schema().clone();
         let batches = futures::stream::once(job.collect(model, state))

@@ -37,7 +37,9 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
-fn process_alive(pid: u32) -> bool {
+/// Whether process `pid` of this host (and PID namespace) still runs; true where it cannot
+/// be told.
+pub(crate) fn process_alive(pid: u32) -> bool {
     if cfg!(target_os = "linux") {
         std::path::Path::new(&format!("/proc/{pid}")).exists()
     } else {

@@ -496,3 +496,22 @@ fn a_first_baseline_too_large_for_one_bucket_is_bucketed_by_its_sources() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(counts(&json(&out)), [0, 0, rows, 0, 0]);
 }
+
+/// A model run in one piece has its partitions sized to its sources (logged at debug
+/// level); a bucketed run keeps one per core and does not list its sources for it.
+#[test]
+fn partitions_are_sized_only_for_a_model_run_in_one_piece() {
+    use crate::common::cli;
+    let sync = Sync::new();
+    sync.land(&batch(&[row("a@x.se"), row("b@x.se")]));
+    let sized = |extra: &str| {
+        sync.write_config("SELECT * FROM t", "id", "email", "upsert", extra);
+        let out = cli(&["-vv", "plan", "-c", sync.config().to_str().unwrap()], &[]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stderr.contains("partitions sized to the sources")
+    };
+    assert!(sized(MAPPING));
+    assert!(!sized(&format!(
+        "{MAPPING}\n[limits]\ndiff_partitions = 3\n"
+    )));
+}
