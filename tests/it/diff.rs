@@ -242,8 +242,8 @@ fn sliced_by(slices: u32, key: &str) -> String {
     format!("partitions = {slices}\npartition_keys = {{ t = \"{key}\" }}\n")
 }
 
-fn diff_sliced(old: &[Row], new: &[Row], partitions: u32, slices: u32) -> [u64; 5] {
-    let sync = Sync::new();
+/// The model `SELECT * FROM t` with the test mapping, its diff in `partitions` buckets.
+fn write_bucketed(sync: &Sync, partitions: u32) {
     sync.write_config(
         "SELECT * FROM t",
         "id",
@@ -251,6 +251,11 @@ fn diff_sliced(old: &[Row], new: &[Row], partitions: u32, slices: u32) -> [u64; 
         "upsert",
         &format!("{MAPPING}\n[limits]\ndiff_partitions = {partitions}\n"),
     );
+}
+
+fn diff_sliced(old: &[Row], new: &[Row], partitions: u32, slices: u32) -> [u64; 5] {
+    let sync = Sync::new();
+    write_bucketed(&sync, partitions);
     if slices > 1 {
         sync.add_model_lines(&sliced_by(slices, "i"));
     }
@@ -491,10 +496,83 @@ fn a_first_baseline_too_large_for_one_bucket_is_bucketed_by_its_sources() {
     let out = cli(&["baseline", "--json", "-c", config], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(counts(&json(&out)), [rows, 0, 0, 0, 0]);
-    // The snapshot holds every row: the next plan finds them all unchanged.
-    let out = cli(&["plan", "--json", "-c", config], &[]);
+    // The snapshot holds every row: the next plan finds them all unchanged, in buckets
+    // each small enough for the classification (none falls back to the SQL join).
+    let out = cli(&["-vv", "plan", "--json", "-c", config], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(counts(&json(&out)), [0, 0, rows, 0, 0]);
+    assert!(out.stderr.contains("state routed to buckets"));
+    assert!(
+        !out.stderr.contains("streaming SQL join"),
+        "a bucket fell back to the SQL join"
+    );
+}
+
+/// A plan in buckets reports what the same plan in one piece reports, samples included:
+/// its bucket files leave out raw identifiers equal to their normalised ones, and a
+/// duplicate's sample must still name it.
+#[test]
+fn a_bucketed_plan_reports_the_samples_of_one_in_one_piece() {
+    use crate::common::{cli, json};
+    let sync = Sync::new();
+    let old = [row("gone@x.se"), row("kept@x.se"), row("dup@x.se")];
+    let mut changed = row("kept@x.se");
+    changed.i = Some(8);
+    let new = [
+        changed,
+        row("dup@x.se"),
+        row("dup@x.se"),
+        row(" Twice@X.se"),
+        row("twice@x.se"),
+        row(""),
+        row("fresh@x.se"),
+    ];
+    let report = |partitions: u32| {
+        write_bucketed(&sync, partitions);
+        let config = sync.config();
+        let config = config.to_str().unwrap();
+        sync.land(&batch(&old));
+        let out = cli(&["baseline", "-c", config], &[]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        sync.land(&batch(&new));
+        let out = cli(&["plan", "--json", "-c", config], &[]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let r = json(&out);
+        // Five invalid rows, all sampled: in buckets they come in another order.
+        let samples: BTreeMap<String, Vec<String>> = r["samples"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(kind, s)| {
+                let mut s: Vec<String> = s
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect();
+                s.sort();
+                (kind.clone(), s)
+            })
+            .collect();
+        let out = cli(&["reset", "-c", config], &[]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        (r["counts"].clone(), samples)
+    };
+    let whole = report(1);
+    assert_eq!(whole, report(3));
+    let invalid = &whole.1["invalid"];
+    assert!(
+        invalid.iter().any(|s| s.contains("\"dup@x.se\"")),
+        "{invalid:?}"
+    );
+    assert!(
+        invalid.iter().any(|s| s.contains("\"twice@x.se\"")),
+        "{invalid:?}"
+    );
+    assert!(
+        invalid.iter().any(|s| s.contains("\" Twice@X.se\"")),
+        "{invalid:?}"
+    );
 }
 
 /// A model run in one piece has its partitions sized to its sources (logged at debug
