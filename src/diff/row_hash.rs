@@ -49,6 +49,10 @@ pub const HASH_BYTES: i32 = 16;
 
 pub const ROW_HASH: &str = "voyado_row_hash";
 pub const VALUE_KEY: &str = "voyado_value_key";
+/// `voyado_hash_prefix(hash)` -> FixedSizeBinary(8): a row hash's first [`PREFIX_BYTES`], all
+/// that change detection compares (see `classify`); half the bytes in a count's bucket files.
+pub const HASH_PREFIX: &str = "voyado_hash_prefix";
+pub const PREFIX_BYTES: i32 = 8;
 
 /// SQL calling the row hash over (attribute, column expression) pairs, given in attribute
 /// order; with no pairs, the hash of no values. (Attribute names are validated to letters,
@@ -295,7 +299,7 @@ pub fn decimal_text(v: i128, precision: u8, scale: i8, out: &mut Vec<u8>) -> boo
 /// `voyado_row_hash('attr1', col1, 'attr2', col2, ...)` -> FixedSizeBinary(16); callers pass
 /// pairs sorted by attribute name. `voyado_value_key(col)` -> Binary: one value's canonical
 /// encoding (tag and bytes), null when empty; used to compare values null- and empty-safely
-/// across type changes.
+/// across type changes. [`HASH_PREFIX`] as it says.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct HashUdf {
     name: &'static str,
@@ -312,6 +316,10 @@ pub fn all() -> Vec<ScalarUDF> {
             name: VALUE_KEY,
             signature: Signature::any(1, Volatility::Immutable),
         }),
+        ScalarUDF::from(HashUdf {
+            name: HASH_PREFIX,
+            signature: Signature::any(1, Volatility::Immutable),
+        }),
     ]
 }
 
@@ -325,15 +333,37 @@ impl ScalarUDFImpl for HashUdf {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(if self.name == ROW_HASH {
-            DataType::FixedSizeBinary(HASH_BYTES)
-        } else {
-            DataType::Binary
+        Ok(match self.name {
+            ROW_HASH => DataType::FixedSizeBinary(HASH_BYTES),
+            HASH_PREFIX => DataType::FixedSizeBinary(PREFIX_BYTES),
+            _ => DataType::Binary,
         })
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;
+        if self.name == HASH_PREFIX {
+            let array = args.args[0].clone().into_array(rows)?;
+            let Some(hashes) = array.as_any().downcast_ref::<FixedSizeBinaryArray>() else {
+                return exec_err!("{HASH_PREFIX} takes a row hash, not {}", array.data_type());
+            };
+            if hashes.value_length() < PREFIX_BYTES {
+                return exec_err!(
+                    "{HASH_PREFIX}: a row hash of {} bytes",
+                    hashes.value_length()
+                );
+            }
+            let mut prefixes = Vec::with_capacity(hashes.len() * PREFIX_BYTES as usize);
+            for i in 0..hashes.len() {
+                prefixes.extend_from_slice(&hashes.value(i)[..PREFIX_BYTES as usize]);
+            }
+            let prefixes = FixedSizeBinaryArray::try_new(
+                PREFIX_BYTES,
+                Buffer::from_vec(prefixes),
+                hashes.nulls().cloned(),
+            )?;
+            return Ok(ColumnarValue::Array(Arc::new(prefixes)));
+        }
         if self.name == VALUE_KEY {
             let array = args.args[0].clone().into_array(rows)?;
             let enc = ValueEncoder::new(&array)?;
@@ -588,6 +618,31 @@ mod tests {
         // empty values are left out, like nulls
         assert_eq!(hash(Some("  "), Some(7)), hash(None, Some(7)));
         assert_ne!(hash(Some("Lund "), Some(7)), hash(Some("Lund"), Some(7)));
+    }
+
+    #[test]
+    fn a_prefix_is_the_hash_bytes_compared_with_its_nulls() {
+        use datafusion::arrow::array::FixedSizeBinaryArray;
+        let hashes = FixedSizeBinaryArray::try_from_sparse_iter_with_size(
+            [
+                Some([7u8; 16]),
+                None,
+                Some(core::array::from_fn(|i| i as u8)),
+            ]
+            .into_iter(),
+            16,
+        )
+        .unwrap()
+        .slice(1, 2);
+        let udf = ScalarUDF::from(HashUdf {
+            name: HASH_PREFIX,
+            signature: Signature::any(1, Volatility::Immutable),
+        });
+        let out = crate::catalog::call_udf(udf, vec![ColumnarValue::Array(Arc::new(hashes))], 2);
+        let out = out.as_fixed_size_binary();
+        assert_eq!(out.value_length(), 8);
+        assert!(out.is_null(0));
+        assert_eq!(out.value(1), [0, 1, 2, 3, 4, 5, 6, 7]);
     }
 
     /// The hash of one row of (attribute, column) pairs.
