@@ -77,6 +77,54 @@ def fmt(xs):
     return " ".join(f"{x:.2f}" for x in xs)
 
 
+def measure(rows, memory_mb=2048, slices=1, repeat=3, binary=None, datafusion=()):
+    """Generates the data if needed, baselines v1, then times `plan` on v2, the model alone
+    and DuckDB in turn `repeat` times; returns the figures (medians; peak RSS the largest)."""
+    binary = binary or os.path.join(ROOT, "target", "release", "voyado-sync")
+    data = os.path.join(HERE, "data", str(rows))
+    if not os.path.exists(os.path.join(data, "v2", "orders.parquet")):
+        print(f"generating {rows} customers in {data} ...", flush=True)
+        subprocess.run([sys.executable, os.path.join(HERE, "generate.py"), str(rows), data], check=True)
+    for v in ("v1", "v2"):
+        with open(os.path.join(data, f"sync-{v}.toml"), "w") as f:
+            f.write(config(data, v, memory_mb, datafusion, slices))
+    subprocess.run([binary, "-q", "reset", "-c", os.path.join(data, "sync-v1.toml")], check=True,
+                   stdout=subprocess.DEVNULL)
+    base_s, base_rss, _ = timed([binary, "-q", "baseline", "-c", os.path.join(data, "sync-v1.toml")])
+    v2 = os.path.join(data, "sync-v2.toml")
+    plans, models, refs = [], [], []
+    for _ in range(repeat):  # interleaved, so a noisy spell hits every side alike
+        plans.append(timed([binary, "-q", "plan", "--json", "-c", v2]))
+        models.append(timed([binary, "-q", "plan", "--model-only", "-c", v2]))
+        refs.append(json.loads(subprocess.run([sys.executable, os.path.join(HERE, "duckdb_ref.py"), data],
+                                              capture_output=True, text=True, check=True).stdout))
+    return {
+        "rows": rows, "memory_mb": memory_mb, "slices": slices, "repeat": repeat,
+        "plans": [p[0] for p in plans], "models": [m[0] for m in models],
+        "refs": [r["seconds"] for r in refs],
+        "plan_s": median([p[0] for p in plans]), "plan_rss": max(p[1] for p in plans),
+        "model_s": median([m[0] for m in models]), "model_rss": max(m[1] for m in models),
+        "ref_s": median([r["seconds"] for r in refs]),
+        "base_s": base_s, "base_rss": base_rss,
+        "counts": json.loads(plans[0][2])["counts"], "ref_counts": refs[0]["counts"],
+    }
+
+
+def report(r):
+    same = r["counts"] == r["ref_counts"]
+    print(f"rows {r['rows']:,}  memory_limit_mb {r['memory_mb']}  slices {r['slices']}  cores {os.cpu_count()}  "
+          f"median of {r['repeat']} runs (peak RSS: the largest)")
+    print(f"  runs: plan {fmt(r['plans'])}  model {fmt(r['models'])}  DuckDB {fmt(r['refs'])}")
+    print(f"  voyado-sync plan      {r['plan_s']:7.2f} s   peak RSS {r['plan_rss']:7.0f} MB")
+    print(f"  DuckDB same work      {r['ref_s']:7.2f} s")
+    print(f"  ratio                 {r['plan_s'] / r['ref_s']:7.2f} x DuckDB")
+    print(f"  model alone (ours)    {r['model_s']:7.2f} s   peak RSS {r['model_rss']:7.0f} MB   "
+          f"plan/model {r['plan_s'] / r['model_s']:.2f} x")
+    print(f"  baseline (v1)         {r['base_s']:7.2f} s   peak RSS {r['base_rss']:7.0f} MB")
+    print(f"  counts ours           {r['counts']}")
+    print(f"  counts DuckDB         {r['ref_counts']}   {'identical' if same else 'DIFFERENT'}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -89,40 +137,8 @@ def main():
                     help="timed runs of each side; the median is printed (this machine is noisy)")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "voyado-sync"))
     args = ap.parse_args()
-    data = os.path.join(HERE, "data", str(args.rows))
-    if not os.path.exists(os.path.join(data, "v2", "orders.parquet")):
-        print(f"generating {args.rows} customers in {data} ...", flush=True)
-        subprocess.run([sys.executable, os.path.join(HERE, "generate.py"), str(args.rows), data], check=True)
-    for v in ("v1", "v2"):
-        with open(os.path.join(data, f"sync-{v}.toml"), "w") as f:
-            f.write(config(data, v, args.memory_mb,
-                           [o.split("=", 1) for o in args.datafusion], args.slices))
-    subprocess.run([args.binary, "-q", "reset", "-c", os.path.join(data, "sync-v1.toml")], check=True,
-                   stdout=subprocess.DEVNULL)
-    base_s, base_rss, _ = timed([args.binary, "-q", "baseline", "-c", os.path.join(data, "sync-v1.toml")])
-    v2 = os.path.join(data, "sync-v2.toml")
-    plans, models, refs = [], [], []
-    for _ in range(args.repeat):  # interleaved, so a noisy spell hits every side alike
-        plans.append(timed([args.binary, "-q", "plan", "--json", "-c", v2]))
-        models.append(timed([args.binary, "-q", "plan", "--model-only", "-c", v2]))
-        refs.append(json.loads(subprocess.run([sys.executable, os.path.join(HERE, "duckdb_ref.py"), data],
-                                              capture_output=True, text=True, check=True).stdout))
-    plan_s, plan_rss = median([p[0] for p in plans]), max(p[1] for p in plans)
-    model_s, model_rss = median([m[0] for m in models]), max(m[1] for m in models)
-    ours = json.loads(plans[0][2])["counts"]
-    ref = {"seconds": median([r["seconds"] for r in refs]), "counts": refs[0]["counts"]}
-    same = ours == ref["counts"]
-    print(f"rows {args.rows:,}  memory_limit_mb {args.memory_mb}  slices {args.slices}  cores {os.cpu_count()}  "
-          f"median of {args.repeat} runs (peak RSS: the largest)")
-    print(f"  runs: plan {fmt(p[0] for p in plans)}  model {fmt(m[0] for m in models)}  "
-          f"DuckDB {fmt(r['seconds'] for r in refs)}")
-    print(f"  voyado-sync plan      {plan_s:7.2f} s   peak RSS {plan_rss:7.0f} MB")
-    print(f"  DuckDB same work      {ref['seconds']:7.2f} s")
-    print(f"  ratio                 {plan_s / ref['seconds']:7.2f} x DuckDB")
-    print(f"  model alone (ours)    {model_s:7.2f} s   peak RSS {model_rss:7.0f} MB   plan/model {plan_s / model_s:.2f} x")
-    print(f"  baseline (v1)         {base_s:7.2f} s   peak RSS {base_rss:7.0f} MB")
-    print(f"  counts ours           {ours}")
-    print(f"  counts DuckDB         {ref['counts']}   {'identical' if same else 'DIFFERENT'}")
+    report(measure(args.rows, args.memory_mb, args.slices, args.repeat, args.binary,
+                   [o.split("=", 1) for o in args.datafusion]))
 
 
 if __name__ == "__main__":
