@@ -77,9 +77,10 @@ def fmt(xs):
     return " ".join(f"{x:.2f}" for x in xs)
 
 
-def measure(rows, memory_mb=2048, slices=1, repeat=3, binary=None, datafusion=()):
+def measure(rows, memory_mb=2048, slices=1, repeat=3, binary=None, datafusion=(), same_limit=False):
     """Generates the data if needed, baselines v1, then times `plan` on v2, the model alone
-    and DuckDB in turn `repeat` times; returns the figures (medians; peak RSS the largest)."""
+    and DuckDB in turn `repeat` times; returns the figures (medians; peak RSS the largest).
+    With `same_limit`, DuckDB also runs once under `memory_mb` (DuckDB's `memory_limit`)."""
     binary = binary or os.path.join(ROOT, "target", "release", "voyado-sync")
     data = os.path.join(HERE, "data", str(rows))
     if not os.path.exists(os.path.join(data, "v2", "orders.parquet")):
@@ -98,7 +99,14 @@ def measure(rows, memory_mb=2048, slices=1, repeat=3, binary=None, datafusion=()
         models.append(timed([binary, "-q", "plan", "--model-only", "-c", v2]))
         refs.append(json.loads(subprocess.run([sys.executable, os.path.join(HERE, "duckdb_ref.py"), data],
                                               capture_output=True, text=True, check=True).stdout))
+    limited = None
+    if same_limit:
+        limited = json.loads(subprocess.run(
+            [sys.executable, os.path.join(HERE, "duckdb_ref.py"), data, str(memory_mb)],
+            capture_output=True, text=True, check=True).stdout)
     return {
+        "ref_limited_s": limited and limited["seconds"],
+        "ref_limited_same": limited is None or limited["counts"] == refs[0]["counts"],
         "rows": rows, "memory_mb": memory_mb, "slices": slices, "repeat": repeat,
         "plans": [p[0] for p in plans], "models": [m[0] for m in models],
         "refs": [r["seconds"] for r in refs],
@@ -118,6 +126,10 @@ def report(r):
     print(f"  voyado-sync plan      {r['plan_s']:7.2f} s   peak RSS {r['plan_rss']:7.0f} MB")
     print(f"  DuckDB same work      {r['ref_s']:7.2f} s")
     print(f"  ratio                 {r['plan_s'] / r['ref_s']:7.2f} x DuckDB")
+    if r["ref_limited_s"]:
+        print(f"  DuckDB, memory_limit {r['memory_mb']} MB {r['ref_limited_s']:7.2f} s (1 run)   "
+              f"ratio {r['plan_s'] / r['ref_limited_s']:.2f} x   counts "
+              f"{'identical' if r['ref_limited_same'] else 'DIFFERENT'}")
     print(f"  model alone (ours)    {r['model_s']:7.2f} s   peak RSS {r['model_rss']:7.0f} MB   "
           f"plan/model {r['plan_s'] / r['model_s']:.2f} x")
     print(f"  baseline (v1)         {r['base_s']:7.2f} s   peak RSS {r['base_rss']:7.0f} MB")
@@ -136,9 +148,11 @@ def main():
     ap.add_argument("--repeat", type=int, default=3,
                     help="timed runs of each side; the median is printed (this machine is noisy)")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "voyado-sync"))
+    ap.add_argument("--same-limit", action="store_true",
+                    help="also run DuckDB once under --memory-mb (its memory_limit)")
     args = ap.parse_args()
     report(measure(args.rows, args.memory_mb, args.slices, args.repeat, args.binary,
-                   [o.split("=", 1) for o in args.datafusion]))
+                   [o.split("=", 1) for o in args.datafusion], args.same_limit))
 
 
 if __name__ == "__main__":
