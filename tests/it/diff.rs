@@ -430,6 +430,54 @@ fn a_sliced_join_model_plans_like_the_whole_model() {
     assert_eq!(plan(5), whole);
 }
 
+/// A keyed table is split into slices with only the columns the model reads, those of its
+/// filters included, and the model still plans on them.
+#[test]
+fn a_sliced_model_splits_only_the_columns_it_reads() {
+    use crate::common::cli;
+    let sync = Sync::new();
+    let model = "SELECT t.id, t.s, t.b, t.d, t.dt, t.ts, g.n AS i, t.f FROM t \
+                 LEFT JOIN (SELECT id, count(*) AS n FROM t GROUP BY id) g ON t.id = g.id \
+                 WHERE t.i IS NULL OR t.i > 0";
+    sync.write_config(model, "id", "email", "upsert", MAPPING);
+    sync.add_model_lines(&sliced_by(3, "id"));
+    sync.land(&batch(&[row("a@x.se"), row("b@x.se"), row_i("c@x.se", -1)]));
+    let out = cli(&["-vv", "plan", "-c", sync.config().to_str().unwrap()], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // `i` is read by the filter only (the model's own `i` is its aggregate).
+    assert!(
+        out.stderr.contains(r#"columns="id,s,b,d,dt,ts,i,f""#),
+        "{}",
+        out.stderr
+    );
+    let sync = Sync::new();
+    sync.write_config(
+        "SELECT id, s FROM t",
+        "id",
+        "email",
+        "upsert",
+        "[custom_attributes]\ncolumns = [\"s\"]\n",
+    );
+    sync.add_model_lines(&sliced_by(3, "id"));
+    sync.land(&batch(&[row("a@x.se"), row("b@x.se")]));
+    let out = cli(
+        &[
+            "-vv",
+            "plan",
+            "--json",
+            "-c",
+            sync.config().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains(r#"columns="id,s""#), "{}", out.stderr);
+    assert_eq!(
+        crate::common::counts(&crate::common::json(&out)),
+        [2, 0, 0, 0, 0]
+    );
+}
+
 /// A model that fails in its slices leaves the session's source tables as they were: the
 /// slices' views over temporary files are not left registered under the tables' names.
 #[test]
