@@ -100,13 +100,17 @@ def measure(rows, memory_mb=2048, slices=1, repeat=3, binary=None, datafusion=()
         refs.append(json.loads(subprocess.run([sys.executable, os.path.join(HERE, "duckdb_ref.py"), data],
                                               capture_output=True, text=True, check=True).stdout))
     limited = None
-    if same_limit:
-        limited = json.loads(subprocess.run(
-            [sys.executable, os.path.join(HERE, "duckdb_ref.py"), data, str(memory_mb)],
-            capture_output=True, text=True, check=True).stdout)
+    if same_limit:  # DuckDB may fail under the limit: that is a figure too
+        out = subprocess.run([sys.executable, os.path.join(HERE, "duckdb_ref.py"), data, str(memory_mb)],
+                             capture_output=True, text=True)
+        limited = (json.loads(out.stdout) if out.returncode == 0
+                   else {"seconds": None, "counts": None, "error": out.stderr.strip().splitlines()[-1:]})
     return {
+        "same_limit": same_limit,
         "ref_limited_s": limited and limited["seconds"],
-        "ref_limited_same": limited is None or limited["counts"] == refs[0]["counts"],
+        "ref_limited_error": limited and limited.get("error"),
+        "ref_limited_same": limited is None or limited["seconds"] is None
+        or limited["counts"] == refs[0]["counts"],
         "rows": rows, "memory_mb": memory_mb, "slices": slices, "repeat": repeat,
         "plans": [p[0] for p in plans], "models": [m[0] for m in models],
         "refs": [r["seconds"] for r in refs],
@@ -126,6 +130,8 @@ def report(r):
     print(f"  voyado-sync plan      {r['plan_s']:7.2f} s   peak RSS {r['plan_rss']:7.0f} MB")
     print(f"  DuckDB same work      {r['ref_s']:7.2f} s")
     print(f"  ratio                 {r['plan_s'] / r['ref_s']:7.2f} x DuckDB")
+    if r["same_limit"] and not r["ref_limited_s"]:
+        print(f"  DuckDB, memory_limit {r['memory_mb']} MB failed: {r['ref_limited_error']}")
     if r["ref_limited_s"]:
         print(f"  DuckDB, memory_limit {r['memory_mb']} MB {r['ref_limited_s']:7.2f} s (1 run)   "
               f"ratio {r['plan_s'] / r['ref_limited_s']:.2f} x   counts "

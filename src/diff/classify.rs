@@ -738,6 +738,9 @@ fn join_parts(model_parts: &mut [Part], state_parts: &[Part]) -> Found {
     found
 }
 
+// Row hashes are compared by their first 8 bytes: all that a count's bucket files keep.
+const _: () = assert!(super::row_hash::PREFIX_BYTES == 8);
+
 /// Adds every identifier of `ids` (rows from `first` on) to its partition by its hash under
 /// `seed`, with its row hash.
 fn scatter(

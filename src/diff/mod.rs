@@ -199,25 +199,6 @@ pub async fn plan(
                 spill::BUCKET_COLUMN
             )
         };
-        let mut model_paths = vec![Vec::new(); buckets as usize];
-        let mut model_rows = 0;
-        for (i, slice) in slices.into_iter().enumerate() {
-            let src = format!("__vs_model_src_{i}");
-            ctx.register_table(src.as_str(), slice.into_view())
-                .map_err(fail("model"))?;
-            let sql = rules.routed(&src, wide, &route(&rules.routing_id()));
-            let df = ctx.sql(&sql).await.map_err(fail("model"))?;
-            let name = format!("model-{i}");
-            let (rows, paths) =
-                spill::split(df, dir.path(), &name, buckets, "running the model").await?;
-            model_rows += rows;
-            tracing::debug!(slice = i, rows, "model rows routed to buckets");
-            for (all, these) in model_paths.iter_mut().zip(paths) {
-                all.extend(these);
-            }
-        }
-        // The slices' source files are read: free their disk before the state is routed.
-        drop(slice_files);
         // A count needs only the state's identifiers and hash prefixes (see `narrow`).
         let snap_cols = if wide {
             "*".to_string()
@@ -231,8 +212,33 @@ pub async fn plan(
             ))
             .await
             .map_err(fail("state"))?;
-        let (_, snap_paths) =
-            spill::split(snap, dir.path(), "state", buckets, "reading the state").await?;
+        // The state is routed beside the model: it streams, and takes the core the model
+        // leaves idle while its joins build their tables on one thread.
+        let state_routed = spill::split(snap, dir.path(), "state", buckets, "reading the state");
+        let model_routed = async {
+            let mut model_paths = vec![Vec::new(); buckets as usize];
+            let mut model_rows = 0;
+            for (i, slice) in slices.into_iter().enumerate() {
+                let src = format!("__vs_model_src_{i}");
+                ctx.register_table(src.as_str(), slice.into_view())
+                    .map_err(fail("model"))?;
+                let sql = rules.routed(&src, wide, &route(&rules.routing_id()));
+                let df = ctx.sql(&sql).await.map_err(fail("model"))?;
+                let name = format!("model-{i}");
+                let (rows, paths) =
+                    spill::split(df, dir.path(), &name, buckets, "running the model").await?;
+                model_rows += rows;
+                tracing::debug!(slice = i, rows, "model rows routed to buckets");
+                for (all, these) in model_paths.iter_mut().zip(paths) {
+                    all.extend(these);
+                }
+            }
+            Ok::<_, Error>((model_paths, model_rows))
+        };
+        let (model, state) = tokio::join!(model_routed, state_routed);
+        let ((model_paths, model_rows), (_, snap_paths)) = (model?, state?);
+        // The slices' source files are read: free their disk.
+        drop(slice_files);
         tracing::debug!(buckets, "state routed to buckets");
         let pool = settings.limits.memory_limit_mb * 1024 * 1024;
         for (b, (m, s)) in model_paths.iter().zip(&snap_paths).enumerate() {
@@ -345,6 +351,10 @@ pub async fn size_session(
     snapshot_rows: Option<u64>,
     wide: bool,
 ) -> u32 {
+    // Under Ballista each bucket's query recomputes the model on the cluster, and the
+    // cluster's memory is not this pool: a first run there is not bucketed by estimate,
+    // and its buckets have no files.
+    let ballista = settings.engine.is_ballista();
     let buckets = |rows| {
         bucket_count(
             settings.limits.diff_partitions,
@@ -352,11 +362,10 @@ pub async fn size_session(
             settings.slices.count,
             rows,
             wide,
+            !ballista,
         )
     };
-    // Under Ballista each bucket's query recomputes the model on the cluster, and the
-    // cluster's memory is not this pool: a first run there is not bucketed by estimate.
-    if settings.engine.is_ballista() {
+    if ballista {
         return buckets(snapshot_rows.unwrap_or(0));
     }
     let sources = match snapshot_rows {
@@ -384,8 +393,9 @@ fn rows_to_bucket(state_rows: Option<u64>, source_bytes: Option<u64>) -> u64 {
 /// would not fit half the memory pool (the model runs beside an unbucketed classification
 /// and takes the other half), or a quarter when the classification also holds the rows'
 /// values (staging, `wide`, which this estimate does not count). Once a narrow plan is
-/// bucketed, each bucket also holds its files' rows ([`NARROW_FILE_BYTES`]): counted here
-/// as `plan`'s held check counts them, so that no bucket falls back to the SQL join. A
+/// bucketed into `files` (not under Ballista), each bucket also holds its files' rows
+/// ([`NARROW_FILE_BYTES`]): counted here as `plan`'s held check counts them, so that no
+/// bucket falls back to the SQL join. A
 /// sliced model (too large for memory by the user's own account) gets at least a bucket per
 /// slice, `BUCKETS_PER_SLICE` when the rows carry their values.
 fn bucket_count(
@@ -394,6 +404,7 @@ fn bucket_count(
     slices: u32,
     state_rows: u64,
     wide: bool,
+    files: bool,
 ) -> u32 {
     let pool = memory_limit_mb * 1024 * 1024;
     let buckets = |per_row: u64, budget: u64| {
@@ -406,6 +417,7 @@ fn bucket_count(
     } else {
         match buckets(BYTES_PER_STATE_ROW, pool / 2) {
             0 | 1 => 1,
+            n if !files => n,
             _ => buckets(BYTES_PER_STATE_ROW + NARROW_FILE_BYTES, pool / 2),
         }
     };
@@ -810,23 +822,28 @@ mod tests {
         // 1 M identifiers at 320 bytes: 305 MiB.
         let rows = 1_000_000;
         // A plan (narrow) may use half of the pool, staging (wide) a quarter.
-        assert_eq!(bucket_count(0, 1024, 1, rows, false), 1);
-        assert_eq!(bucket_count(0, 1024, 1, rows, true), 2);
-        assert_eq!(bucket_count(0, 512, 1, rows, false), 2);
-        assert_eq!(bucket_count(0, 512, 1, rows, true), 3);
+        assert_eq!(bucket_count(0, 1024, 1, rows, false, true), 1);
+        assert_eq!(bucket_count(0, 1024, 1, rows, true, true), 2);
+        assert_eq!(bucket_count(0, 512, 1, rows, false, true), 2);
+        assert_eq!(bucket_count(0, 512, 1, rows, true, true), 3);
         // No snapshot, no buckets; never more than MAX_AUTO_BUCKETS of our own choosing.
-        assert_eq!(bucket_count(0, 64, 1, 0, true), 1);
-        assert_eq!(bucket_count(0, 64, 1, 1 << 40, true), MAX_AUTO_BUCKETS);
+        assert_eq!(bucket_count(0, 64, 1, 0, true, true), 1);
+        assert_eq!(
+            bucket_count(0, 64, 1, 1 << 40, true, true),
+            MAX_AUTO_BUCKETS
+        );
         // Bucketed, a plan's rows also count their files: 10 M identifiers under 2048 MB
         // take 5 buckets of 2 M (each holding 854 MiB against 1 GiB), not 3 of 3.3 M
         // (1.4 GiB), which would each fall back to the SQL join.
-        assert_eq!(bucket_count(0, 2048, 1, 10 * rows, false), 5);
+        assert_eq!(bucket_count(0, 2048, 1, 10 * rows, false, true), 5);
+        // Under Ballista buckets have no files (and each recomputes the model).
+        assert_eq!(bucket_count(0, 2048, 1, 10 * rows, false, false), 3);
         // The user's number wins, but slices still get a bucket each, four with values.
-        assert_eq!(bucket_count(7, 64, 1, rows, true), 7);
-        assert_eq!(bucket_count(7, 64, 8, rows, true), 32);
-        assert_eq!(bucket_count(7, 64, 8, rows, false), 8);
-        assert_eq!(bucket_count(0, 12000, 8, rows, false), 8);
-        assert_eq!(bucket_count(0, 12000, 300, 0, false), 300);
-        assert_eq!(bucket_count(0, 512, 8, 10 * rows, false), 17);
+        assert_eq!(bucket_count(7, 64, 1, rows, true, true), 7);
+        assert_eq!(bucket_count(7, 64, 8, rows, true, true), 32);
+        assert_eq!(bucket_count(7, 64, 8, rows, false, true), 8);
+        assert_eq!(bucket_count(0, 12000, 8, rows, false, true), 8);
+        assert_eq!(bucket_count(0, 12000, 300, 0, false, true), 300);
+        assert_eq!(bucket_count(0, 512, 8, 10 * rows, false, true), 17);
     }
 }

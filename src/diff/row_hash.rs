@@ -299,7 +299,7 @@ pub fn decimal_text(v: i128, precision: u8, scale: i8, out: &mut Vec<u8>) -> boo
 /// `voyado_row_hash('attr1', col1, 'attr2', col2, ...)` -> FixedSizeBinary(16); callers pass
 /// pairs sorted by attribute name. `voyado_value_key(col)` -> Binary: one value's canonical
 /// encoding (tag and bytes), null when empty; used to compare values null- and empty-safely
-/// across type changes. [`HASH_PREFIX`] as it says.
+/// across type changes. `voyado_hash_prefix(hash)`: see [`HASH_PREFIX`].
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct HashUdf {
     name: &'static str,
