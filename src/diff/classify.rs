@@ -525,6 +525,8 @@ struct Job {
     /// CPU time of each phase: adding model rows, adding state rows, joining, classifying.
     phase: [Time; 4],
     reservation: MemoryReservation,
+    /// What the state's rows hold, charged while they were added beside the model's.
+    state_reservation: MemoryReservation,
     /// Threads for the join and the output: the session's target partitions, at most one
     /// per core.
     threads: usize,
@@ -772,6 +774,63 @@ fn reserve(parts: &mut [Part], entries: usize) {
 }
 
 /// The rows of a side after one more batch of `rows`, or an error past what a `Row` holds.
+/// The state's side of a classification while its rows are added (see `Job::collect`).
+struct StateSide {
+    cols: Columns,
+    seed: u64,
+    per_part: usize,
+    time: Time,
+    reservation: MemoryReservation,
+    batches: Vec<StateBatch>,
+    starts: Vec<Row>,
+    parts: Vec<Part>,
+}
+
+impl StateSide {
+    async fn collect(mut self, mut state: SendableRecordBatchStream) -> Result<Self> {
+        while let Some(b) = state.next().await {
+            self.add(b?)?;
+        }
+        Ok(self)
+    }
+
+    fn add(&mut self, batch: RecordBatch) -> Result<()> {
+        let time = self.time.clone();
+        let _timer = time.timer();
+        let c = &self.cols;
+        let hashes = batch.column(c.s_hash);
+        let Some(hashes) = hashes.as_any().downcast_ref::<FixedSizeBinaryArray>() else {
+            return internal_err!("the state's row hash is {}", hashes.data_type());
+        };
+        let strings = |at: Option<usize>| at.map(|at| Strings::new(batch.column(at))).transpose();
+        let sb = StateBatch {
+            ids: Strings::new(batch.column(c.s_id))?,
+            contact_ids: strings(c.s_contact_id)?,
+            statuses: strings(c.s_status)?,
+        };
+        let end = next_start(&self.starts, sb.ids.len())?;
+        let first = self.starts[self.batches.len()];
+        if self.batches.is_empty() {
+            reserve(&mut self.parts, self.per_part);
+        }
+        scatter(&sb.ids, hashes, first, self.seed, &mut self.parts);
+        let bytes = get_record_batch_memory_size(&batch) + sb.ids.len() * STATE_ROW_BYTES;
+        self.batches.push(sb);
+        self.starts.push(end);
+        charge(&mut self.reservation, bytes)
+    }
+}
+
+/// Charges `bytes` to the pool, naming what holds them when it is exhausted.
+fn charge(reservation: &mut MemoryReservation, bytes: usize) -> Result<()> {
+    reservation.try_grow(bytes).map_err(|e| match e {
+        DataFusionError::ResourcesExhausted(m) => DataFusionError::ResourcesExhausted(
+            format!("change detection holds the model's rows of a bucket in memory ({m}); raise memory_limit_mb or set [limits] diff_partitions higher"),
+        ),
+        other => other,
+    })
+}
+
 fn next_start(starts: &[Row], rows: usize) -> Result<Row> {
     let first = starts.last().copied().unwrap_or(0);
     match Row::try_from(rows).ok().and_then(|r| first.checked_add(r)) {
@@ -805,6 +864,7 @@ impl Job {
                 "classify_time",
             ]
             .map(|n| MetricBuilder::new(&exec.metrics).subset_time(n, partition)),
+            state_reservation: reservation.new_empty(),
             reservation,
             threads,
             seed: std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), partition),
@@ -823,36 +883,59 @@ impl Job {
         }
     }
 
-    /// Reads both inputs to their ends, then joins them.
+    /// Reads both inputs to their ends, then joins them. The state's rows are added on a
+    /// task of their own, beside the model's: from a bucket's files both come faster than
+    /// one thread adds them.
     async fn collect(
         mut self,
         mut model: SendableRecordBatchStream,
-        mut state: SendableRecordBatchStream,
+        state: SendableRecordBatchStream,
     ) -> Result<Self> {
-        let (mut model_open, mut state_open) = (true, true);
-        while model_open || state_open {
-            tokio::select! {
-                b = model.next(), if model_open => match b {
-                    Some(b) => self.add_model(b?)?,
-                    None => model_open = false,
-                },
-                b = state.next(), if state_open => match b {
-                    Some(b) => self.add_state(b?)?,
-                    None => state_open = false,
-                },
-            }
+        let side =
+            datafusion::common::runtime::SpawnedTask::spawn(self.state_side().collect(state));
+        while let Some(b) = model.next().await {
+            self.add_model(b?)?;
         }
+        let side = side
+            .join()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))??;
+        self.adopt(side);
         self.join()?;
         Ok(self)
     }
 
+    /// The state's rows so far, to be added to elsewhere ([`Job::adopt`] takes them back).
+    fn state_side(&mut self) -> StateSide {
+        StateSide {
+            cols: self.cols.clone(),
+            seed: self.seed,
+            per_part: self.per_part,
+            time: self.phase[1].clone(),
+            reservation: self.state_reservation.take(),
+            batches: std::mem::take(&mut self.state),
+            starts: std::mem::take(&mut self.state_starts),
+            parts: std::mem::take(&mut self.state_parts),
+        }
+    }
+
+    fn adopt(&mut self, side: StateSide) {
+        self.state = side.batches;
+        self.state_starts = side.starts;
+        self.state_parts = side.parts;
+        self.state_reservation = side.reservation;
+    }
+
+    #[cfg(test)]
+    fn add_state(&mut self, batch: RecordBatch) -> Result<()> {
+        let mut side = self.state_side();
+        let added = side.add(batch);
+        self.adopt(side);
+        added
+    }
+
     fn charge(&mut self, bytes: usize) -> Result<()> {
-        self.reservation.try_grow(bytes).map_err(|e| match e {
-            DataFusionError::ResourcesExhausted(m) => DataFusionError::ResourcesExhausted(
-                format!("change detection holds the model's rows of a bucket in memory ({m}); raise memory_limit_mb or set [limits] diff_partitions higher"),
-            ),
-            other => other,
-        })
+        charge(&mut self.reservation, bytes)
     }
 
     fn add_model(&mut self, batch: RecordBatch) -> Result<()> {
@@ -878,32 +961,6 @@ impl Job {
         let bytes = self.counted.count_batch(&held) + BATCH_BYTES + ids.len() * MODEL_ROW_BYTES;
         self.model.push(held);
         self.model_starts.push(end);
-        self.charge(bytes)
-    }
-
-    fn add_state(&mut self, batch: RecordBatch) -> Result<()> {
-        let time = self.phase[1].clone();
-        let _timer = time.timer();
-        let c = &self.cols;
-        let hashes = batch.column(c.s_hash);
-        let Some(hashes) = hashes.as_any().downcast_ref::<FixedSizeBinaryArray>() else {
-            return internal_err!("the state's row hash is {}", hashes.data_type());
-        };
-        let strings = |at: Option<usize>| at.map(|at| Strings::new(batch.column(at))).transpose();
-        let sb = StateBatch {
-            ids: Strings::new(batch.column(c.s_id))?,
-            contact_ids: strings(c.s_contact_id)?,
-            statuses: strings(c.s_status)?,
-        };
-        let end = next_start(&self.state_starts, sb.ids.len())?;
-        let first = self.state_starts[self.state.len()];
-        if self.state.is_empty() {
-            reserve(&mut self.state_parts, self.per_part);
-        }
-        scatter(&sb.ids, hashes, first, self.seed, &mut self.state_parts);
-        let bytes = get_record_batch_memory_size(&batch) + sb.ids.len() * STATE_ROW_BYTES;
-        self.state.push(sb);
-        self.state_starts.push(end);
         self.charge(bytes)
     }
 
