@@ -115,8 +115,7 @@ pub async fn plan_slices(
     for p in 0..n as usize {
         for (table, _, paths) in &split {
             let part = crate::spill::read(ctx, &paths[p]).await.map_err(fail)?;
-            ctx.deregister_table(*table).map_err(fail)?;
-            ctx.register_table(*table, part.into_view()).map_err(fail)?;
+            replace_table(ctx, table, part.into_view()).map_err(fail)?;
         }
         frames.push(plan(ctx, settings).await?);
     }
@@ -164,7 +163,6 @@ async fn read_columns(
     // The keyed tables to narrow, by the name the config gives them (registered lowercased).
     let mut read = BTreeMap::new();
     let mut narrowed = Vec::new();
-    let mut originals = Vec::new();
     for (table, key) in &settings.slices.keys {
         let name = TableReference::from(table.as_str());
         let Some(mut cols) = scanned.get(name.table()).cloned() else {
@@ -180,8 +178,7 @@ async fn read_columns(
         }
         let fields = schema.fields().iter().filter(|f| cols.contains(f.name()));
         let empty = Arc::new(Schema::new(fields.cloned().collect::<Vec<_>>()));
-        narrowed.push((table.clone(), empty));
-        originals.push((table.clone(), provider));
+        narrowed.push((table.clone(), provider, empty));
         read.insert(table.clone(), cols);
     }
     if read.is_empty() {
@@ -189,15 +186,14 @@ async fn read_columns(
     }
     let _restore = Restore {
         ctx,
-        tables: originals,
+        tables: narrowed
+            .iter()
+            .map(|(t, p, _)| (t.clone(), Arc::clone(p)))
+            .collect(),
     };
-    for (table, schema) in narrowed {
-        let empty = datafusion::datasource::MemTable::try_new(schema, vec![vec![]])
-            .map(|t| Arc::new(t) as Arc<dyn datafusion::catalog::TableProvider>);
-        let registered = empty.and_then(|t| {
-            ctx.deregister_table(table.as_str())?;
-            ctx.register_table(table.as_str(), t)
-        });
+    for (table, _, schema) in narrowed {
+        let registered = datafusion::datasource::MemTable::try_new(schema, vec![vec![]])
+            .and_then(|empty| replace_table(ctx, &table, Arc::new(empty)));
         if registered.is_err() {
             return Ok(BTreeMap::new());
         }
@@ -211,6 +207,16 @@ async fn read_columns(
     }
 }
 
+/// Registers `provider` as `table` in place of what was registered under that name.
+fn replace_table(
+    ctx: &SessionContext,
+    table: &str,
+    provider: Arc<dyn datafusion::catalog::TableProvider>,
+) -> datafusion::error::Result<()> {
+    ctx.deregister_table(table)?;
+    ctx.register_table(table, provider).map(|_| ())
+}
+
 /// Registers tables back under their names when dropped.
 struct Restore<'a> {
     ctx: &'a SessionContext,
@@ -220,8 +226,7 @@ struct Restore<'a> {
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
         for (table, provider) in self.tables.drain(..) {
-            let _ = self.ctx.deregister_table(table.as_str());
-            if let Err(e) = self.ctx.register_table(table.as_str(), provider) {
+            if let Err(e) = replace_table(self.ctx, &table, provider) {
                 tracing::warn!(table, error = %e, "could not restore a source table after slicing");
             }
         }

@@ -934,10 +934,6 @@ impl Job {
         added
     }
 
-    fn charge(&mut self, bytes: usize) -> Result<()> {
-        charge(&mut self.reservation, bytes)
-    }
-
     fn add_model(&mut self, batch: RecordBatch) -> Result<()> {
         let time = self.phase[0].clone();
         let _timer = time.timer();
@@ -961,7 +957,7 @@ impl Job {
         let bytes = self.counted.count_batch(&held) + BATCH_BYTES + ids.len() * MODEL_ROW_BYTES;
         self.model.push(held);
         self.model_starts.push(end);
-        self.charge(bytes)
+        charge(&mut self.reservation, bytes)
     }
 
     /// Partition by partition: counts each model identifier and finds its state rows.

@@ -353,13 +353,15 @@ impl ScalarUDFImpl for HashUdf {
                     hashes.value_length()
                 );
             }
-            let mut prefixes = Vec::with_capacity(hashes.len() * PREFIX_BYTES as usize);
-            for i in 0..hashes.len() {
-                prefixes.extend_from_slice(&hashes.value(i)[..PREFIX_BYTES as usize]);
-            }
+            // Each value's first bytes, over the (sliced) values buffer at once.
+            let width = hashes.value_length() as usize;
+            let prefixes = hashes
+                .value_data()
+                .chunks_exact(width)
+                .flat_map(|v| &v[..PREFIX_BYTES as usize]);
             let prefixes = FixedSizeBinaryArray::try_new(
                 PREFIX_BYTES,
-                Buffer::from_vec(prefixes),
+                Buffer::from_iter(prefixes.copied()),
                 hashes.nulls().cloned(),
             )?;
             return Ok(ColumnarValue::Array(Arc::new(prefixes)));
