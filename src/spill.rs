@@ -26,9 +26,7 @@ fn write_rows(buckets: u32) -> usize {
 }
 
 /// Routes the rows of `df` (whose last column, [`BUCKET_COLUMN`], holds each row's bucket)
-/// into files under `dir`; returns the row count and, per bucket, its files. Each of the
-/// frame's partitions is routed by its own task into its own files, so routing and writing
-/// run on every core rather than behind one merged stream.
+/// into files under `dir`; returns the row count and, per bucket, its files.
 pub async fn split(
     df: DataFrame,
     dir: &Path,
@@ -36,41 +34,94 @@ pub async fn split(
     buckets: u32,
     what: &str,
 ) -> Result<(u64, Vec<Vec<PathBuf>>)> {
-    let schema = without_bucket(df.schema().as_arrow());
-    let streams = df
-        .execute_stream_partitioned()
-        .await
-        .map_err(|e| Error::Input(df_message(what, &e)))?;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (k, mut stream) in streams.into_iter().enumerate() {
-        let mut files =
-            BucketFiles::create(dir, &format!("{name}-p{k}"), Arc::clone(&schema), buckets)?;
-        let what = what.to_string();
-        tasks.spawn(async move {
-            let mut rows = 0u64;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| Error::Input(df_message(&what, &e)))?;
-                rows += batch.num_rows() as u64;
-                files.route(&batch)?;
-            }
-            Ok::<_, Error>((k, rows, files.finish()?))
-        });
-    }
-    let mut parts = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        let done = done.map_err(|e| Error::Internal(format!("routing rows: {e}")))??;
-        parts.push(done);
-    }
-    parts.sort_by_key(|(k, _, _)| *k);
-    let mut by_bucket = vec![Vec::new(); buckets as usize];
-    let mut rows = 0;
-    for (_, n, paths) in parts {
-        rows += n;
-        for (b, path) in paths.into_iter().enumerate() {
-            by_bucket[b].push(path);
+    let mut router = Router::new(dir, name, buckets);
+    let rows = router.route(df, what).await?;
+    Ok((rows, router.finish()?))
+}
+
+/// Bucket files that several frames of the same schema are routed into in turn (a sliced
+/// model's slices): each bucket gets a file per partition, not one per frame and
+/// partition, so that a filesystem's file creation is paid once (measured: about 1 ms a
+/// file on ext4) and each bucket is read back from a few large files.
+pub struct Router {
+    dir: PathBuf,
+    name: String,
+    buckets: u32,
+    /// One set per partition of the frames, created by the first frame that has it.
+    files: Vec<Option<BucketFiles>>,
+}
+
+impl Router {
+    pub fn new(dir: &Path, name: &str, buckets: u32) -> Self {
+        Router {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            buckets,
+            files: Vec::new(),
         }
     }
-    Ok((rows, by_bucket))
+
+    /// Routes the rows of `df` (whose last column, [`BUCKET_COLUMN`], holds each row's
+    /// bucket); returns its row count. Each of the frame's partitions is routed by its own
+    /// task into its own files, so routing and writing run on every core rather than
+    /// behind one merged stream.
+    pub async fn route(&mut self, df: DataFrame, what: &str) -> Result<u64> {
+        let schema = without_bucket(df.schema().as_arrow());
+        let streams = df
+            .execute_stream_partitioned()
+            .await
+            .map_err(|e| Error::Input(df_message(what, &e)))?;
+        if self.files.len() < streams.len() {
+            self.files.resize_with(streams.len(), || None);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (k, mut stream) in streams.into_iter().enumerate() {
+            let mut files = match self.files[k].take() {
+                Some(f) if f.schema.fields() == schema.fields() => f,
+                Some(_) => {
+                    return Err(Error::Internal(format!(
+                        "{what}: a frame routed into {} has another schema",
+                        self.name
+                    )));
+                }
+                None => BucketFiles::create(
+                    &self.dir,
+                    &format!("{}-p{k}", self.name),
+                    Arc::clone(&schema),
+                    self.buckets,
+                )?,
+            };
+            let what = what.to_string();
+            tasks.spawn(async move {
+                let mut rows = 0u64;
+                while let Some(batch) = stream.next().await {
+                    let batch = batch.map_err(|e| Error::Input(df_message(&what, &e)))?;
+                    rows += batch.num_rows() as u64;
+                    files.route(&batch)?;
+                }
+                Ok::<_, Error>((k, rows, files))
+            });
+        }
+        let mut rows = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (k, n, files) =
+                done.map_err(|e| Error::Internal(format!("routing rows: {e}")))??;
+            rows += n;
+            self.files[k] = Some(files);
+        }
+        Ok(rows)
+    }
+
+    /// Writes what is pending and closes the files; returns, per bucket, its files.
+    pub fn finish(self) -> Result<Vec<Vec<PathBuf>>> {
+        let mut by_bucket = vec![Vec::new(); self.buckets as usize];
+        for files in self.files.into_iter().flatten() {
+            for (b, path) in files.finish()?.into_iter().enumerate() {
+                by_bucket[b].push(path);
+            }
+        }
+        Ok(by_bucket)
+    }
 }
 
 /// One partition's files, one per bucket.

@@ -65,6 +65,10 @@ const BUCKETS_PER_SLICE: u32 = 4;
 /// prefix and the state's (about 75 with the benchmark's emails), with room for longer ones.
 const NARROW_FILE_BYTES: u64 = 128;
 const SAMPLES_PER_KIND: usize = 5;
+/// Bucket files are classified this many at a time once the model has run: each bucket's
+/// classification holds at most half the pool (`plan`'s held check), and one bucket's
+/// leaves a core idle while it builds its table of identifiers.
+const BUCKETS_AT_ONCE: usize = 2;
 /// Each bucket is a file per partition while the model's rows are routed: beyond this,
 /// open files and write buffers cost more than smaller buckets save.
 const MAX_AUTO_BUCKETS: u32 = 256;
@@ -99,6 +103,8 @@ pub struct ChangeSet {
     /// reads them to tell which attributes changed).
     pub state: DataFrame,
     pub attributes: BTreeMap<String, String>,
+    /// Buckets that may be classified at once (see [`BUCKETS_AT_ONCE`]).
+    pub at_once: usize,
     /// Keeps the spilled files the frames read alive.
     _spill: Vec<tempfile::TempDir>,
 }
@@ -216,7 +222,7 @@ pub async fn plan(
         // leaves idle while its joins build their tables on one thread.
         let state_routed = spill::split(snap, dir.path(), "state", buckets, "reading the state");
         let model_routed = async {
-            let mut model_paths = vec![Vec::new(); buckets as usize];
+            let mut router = spill::Router::new(dir.path(), "model", buckets);
             let mut model_rows = 0;
             for (i, slice) in slices.into_iter().enumerate() {
                 let src = format!("__vs_model_src_{i}");
@@ -224,16 +230,11 @@ pub async fn plan(
                     .map_err(fail("model"))?;
                 let sql = rules.routed(&src, wide, &route(&rules.routing_id()));
                 let df = ctx.sql(&sql).await.map_err(fail("model"))?;
-                let name = format!("model-{i}");
-                let (rows, paths) =
-                    spill::split(df, dir.path(), &name, buckets, "running the model").await?;
+                let rows = router.route(df, "running the model").await?;
                 model_rows += rows;
                 tracing::debug!(slice = i, rows, "model rows routed to buckets");
-                for (all, these) in model_paths.iter_mut().zip(paths) {
-                    all.extend(these);
-                }
             }
-            Ok::<_, Error>((model_paths, model_rows))
+            Ok::<_, Error>((router.finish()?, model_rows))
         };
         let (model, state) = tokio::join!(model_routed, state_routed);
         let ((model_paths, model_rows), (_, snap_paths)) = (model?, state?);
@@ -241,6 +242,7 @@ pub async fn plan(
         drop(slice_files);
         tracing::debug!(buckets, "state routed to buckets");
         let pool = settings.limits.memory_limit_mb * 1024 * 1024;
+        let mut at_once = BUCKETS_AT_ONCE;
         for (b, (m, s)) in model_paths.iter().zip(&snap_paths).enumerate() {
             let mut model = spill::read(ctx, m).await.map_err(fail("model"))?;
             let mut snap = spill::read(ctx, s).await.map_err(fail("state"))?;
@@ -261,6 +263,8 @@ pub async fn plan(
                 held,
                 "bucket classified by the streaming SQL join"
             );
+            // A hash join's table is not bounded by the held check: one bucket at a time.
+            at_once = 1;
             let (mv, sv) = (format!("__vs_model_{b}"), format!("__vs_snap_{b}"));
             ctx.register_table(mv.as_str(), model.into_view())
                 .map_err(fail("model"))?;
@@ -277,6 +281,7 @@ pub async fn plan(
             buckets: frames,
             state: state_df,
             attributes,
+            at_once,
             _spill: vec![dir],
         });
     }
@@ -298,6 +303,7 @@ pub async fn plan(
             buckets: vec![classified(ctx, model, snap, settings, wide, state_rows)?],
             state: state_df,
             attributes,
+            at_once: 1,
             _spill: slice_files.into_iter().collect(),
         });
     }
@@ -337,6 +343,7 @@ pub async fn plan(
         buckets: frames,
         state: state_df,
         attributes,
+        at_once: 1,
         _spill: slice_files.into_iter().collect(),
     })
 }
@@ -712,30 +719,63 @@ impl Tally {
         }
         Ok(kinds)
     }
+
+    /// Adds a later bucket's tally: its counts, and its samples where this one has room.
+    fn merge(&mut self, later: Summary) {
+        let c = &mut self.summary.counts;
+        let l = later.counts;
+        (c.new, c.changed, c.unchanged, c.deleted, c.invalid) = (
+            c.new + l.new,
+            c.changed + l.changed,
+            c.unchanged + l.unchanged,
+            c.deleted + l.deleted,
+            c.invalid + l.invalid,
+        );
+        for (kind, samples) in later.samples {
+            let kept = self.summary.samples.entry(kind).or_default();
+            let room = SAMPLES_PER_KIND.saturating_sub(kept.len());
+            kept.extend(samples.into_iter().take(room));
+        }
+    }
 }
 
 /// Streams the change set once, counting each kind and keeping a few samples of each.
+/// Buckets run `at_once` at a time, each on its own task (so on its own core), and are
+/// tallied in order: the samples are those a one-by-one run keeps.
 pub async fn summarize(set: &ChangeSet) -> Result<Summary> {
+    let tallies = set.buckets.iter().map(|df| {
+        let df = df.clone();
+        datafusion::common::runtime::SpawnedTask::spawn(tally_bucket(df)).join()
+    });
+    let mut tallies = futures::stream::iter(tallies).buffered(set.at_once.max(1));
     let mut tally = Tally::default();
-    for df in &set.buckets {
-        let df = df
-            .clone()
-            .select_columns(&[KIND, state::IDENTIFIER, RAW_IDENTIFIER, REASON])
-            .map_err(|e| Error::Internal(df_message("change set", &e)))?;
-        let task = df.task_ctx();
-        let plan = df
-            .create_physical_plan()
-            .await
-            .map_err(|e| Error::Input(df_message("change detection", &e)))?;
-        let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), Arc::new(task))
-            .map_err(|e| Error::Input(df_message("change detection", &e)))?;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| Error::Input(df_message("change detection", &e)))?;
-            tally.add(&batch)?;
-        }
-        log_metrics(&plan);
+    while let Some(done) = tallies.next().await {
+        let done =
+            done.map_err(|e| Error::Internal(format!("change detection task failed: {e}")))??;
+        tally.merge(done.summary);
     }
     Ok(tally.summary)
+}
+
+/// Counts one bucket of a change set.
+async fn tally_bucket(df: DataFrame) -> Result<Tally> {
+    let mut tally = Tally::default();
+    let df = df
+        .select_columns(&[KIND, state::IDENTIFIER, RAW_IDENTIFIER, REASON])
+        .map_err(|e| Error::Internal(df_message("change set", &e)))?;
+    let task = df.task_ctx();
+    let plan = df
+        .create_physical_plan()
+        .await
+        .map_err(|e| Error::Input(df_message("change detection", &e)))?;
+    let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), Arc::new(task))
+        .map_err(|e| Error::Input(df_message("change detection", &e)))?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| Error::Input(df_message("change detection", &e)))?;
+        tally.add(&batch)?;
+    }
+    log_metrics(&plan);
+    Ok(tally)
 }
 
 /// With `-vv`, the executed plan with its metrics (rows, time, memory, spills per operator):
