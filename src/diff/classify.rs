@@ -773,7 +773,6 @@ fn reserve(parts: &mut [Part], entries: usize) {
     }
 }
 
-/// The rows of a side after one more batch of `rows`, or an error past what a `Row` holds.
 /// The state's side of a classification while its rows are added (see `Job::collect`).
 struct StateSide {
     cols: Columns,

@@ -299,6 +299,12 @@ pub async fn plan(
             .await
             .map_err(fail("model"))?;
         let snap = ctx.sql(&compact).await.map_err(fail("state"))?;
+        // A count reads neither contactIds nor statuses: left unread (see `narrow`).
+        let (model, snap) = if wide {
+            (model, snap)
+        } else {
+            narrow(model, snap).map_err(fail("change detection"))?
+        };
         return Ok(ChangeSet {
             buckets: vec![classified(ctx, model, snap, settings, wide, state_rows)?],
             state: state_df,
