@@ -410,6 +410,64 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_routed_in_turn_share_one_file_per_partition_and_bucket() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new(BUCKET_COLUMN, DataType::UInt32, false),
+        ]));
+        let ctx = SessionContext::new();
+        // Each frame in two partitions (a memory table of two), as a model's run has.
+        let frame = |slice: usize| {
+            let part = |half: usize| {
+                let rows = (half * 1500)..(half * 1500 + 1500);
+                let ids: Vec<String> = rows.clone().map(|i| format!("s{slice}-{i}")).collect();
+                vec![
+                    RecordBatch::try_new(
+                        Arc::clone(&schema),
+                        vec![
+                            Arc::new(datafusion::arrow::array::StringArray::from(ids)) as ArrayRef,
+                            Arc::new(UInt32Array::from_iter_values(rows.map(|i| i as u32 % 3))),
+                        ],
+                    )
+                    .unwrap(),
+                ]
+            };
+            let table = datafusion::datasource::MemTable::try_new(
+                Arc::clone(&schema),
+                vec![part(0), part(1)],
+            )
+            .unwrap();
+            ctx.read_table(Arc::new(table)).unwrap()
+        };
+        let dir = temp_dir().unwrap();
+        let mut router = Router::new(dir.path(), "m", 3);
+        for slice in 0..4 {
+            assert_eq!(router.route(frame(slice), "test").await.unwrap(), 3000);
+        }
+        let paths = router.finish().unwrap();
+        // Two partitions' files per bucket, whatever the number of frames.
+        assert_eq!(paths.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2]);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 6);
+        for (b, files) in paths.iter().enumerate() {
+            let mut ids = Vec::new();
+            for batch in read(&ctx, files).await.unwrap().collect().await.unwrap() {
+                let c = batch.column(0).as_string::<i32>();
+                ids.extend(c.iter().flatten().map(str::to_string));
+            }
+            ids.sort();
+            let mut want: Vec<String> = (0..4)
+                .flat_map(|s| {
+                    (0..3000)
+                        .filter(|i| i % 3 == b)
+                        .map(move |i| format!("s{s}-{i}"))
+                })
+                .collect();
+            want.sort();
+            assert_eq!(ids, want, "bucket {b}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn split_routes_every_row_to_its_bucket_once_and_compactly() {
         let n = 20_000usize;
         let names: Vec<String> = (0..n).map(|i| format!("{i:0>100}")).collect();

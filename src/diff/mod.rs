@@ -802,6 +802,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tallies_merge_in_bucket_order_keeping_the_first_samples() {
+        let sample = |id: &str| Sample {
+            identifier: Some(id.to_string()),
+            reason: None,
+        };
+        let summary = |new: u64, ids: &[&str]| Summary {
+            counts: Counts {
+                new,
+                unchanged: 10,
+                ..Counts::default()
+            },
+            samples: BTreeMap::from([(NEW.to_string(), ids.iter().map(|i| sample(i)).collect())]),
+        };
+        let mut tally = Tally::default();
+        tally.merge(summary(3, &["a", "b", "c"]));
+        tally.merge(summary(4, &["d", "e", "f", "g"]));
+        tally.merge(summary(1, &["h"]));
+        let s = tally.summary;
+        assert_eq!((s.counts.new, s.counts.unchanged), (8, 30));
+        let kept: Vec<_> = s.samples[NEW]
+            .iter()
+            .map(|x| x.identifier.clone().unwrap())
+            .collect();
+        assert_eq!(kept, ["a", "b", "c", "d", "e"]);
+    }
+
+    #[test]
     fn a_first_run_buckets_by_its_sources_later_runs_by_their_snapshot() {
         // A snapshot's rows win, even an empty one's.
         assert_eq!(rows_to_bucket(Some(5), Some(1 << 30)), 5);
