@@ -65,9 +65,11 @@ const BUCKETS_PER_SLICE: u32 = 4;
 /// prefix and the state's (about 75 with the benchmark's emails), with room for longer ones.
 const NARROW_FILE_BYTES: u64 = 128;
 const SAMPLES_PER_KIND: usize = 5;
-/// Bucket files are classified this many at a time once the model has run: each bucket's
-/// classification holds at most half the pool (`plan`'s held check), and one bucket's
-/// leaves a core idle while it builds its table of identifiers.
+/// Bucket files are classified this many at a time once the model has run: one bucket
+/// alone leaves a core idle while it reads its files. Two fit the pool: `plan` sends to
+/// `ClassifyExec` only buckets whose files plus [`BYTES_PER_STATE_ROW`] per row fit half
+/// of it, and `ClassifyExec` charges about 270 bytes per row in all (the rows it reads
+/// from the files included).
 const BUCKETS_AT_ONCE: usize = 2;
 /// Each bucket is a file per partition while the model's rows are routed: beyond this,
 /// open files and write buffers cost more than smaller buckets save.
