@@ -104,13 +104,7 @@ pub async fn plan_slices(
         split.push((table.as_str(), provider, paths));
     }
     // The tables' own providers come back when planning ends, whether it succeeds or not.
-    let _restore = Restore {
-        ctx,
-        tables: split
-            .iter()
-            .map(|(t, p, _)| (t.to_string(), Arc::clone(p)))
-            .collect(),
-    };
+    let _restore = Restore::new(ctx, split.iter().map(|(t, p, _)| (*t, p)));
     let mut frames = Vec::new();
     for p in 0..n as usize {
         for (table, _, paths) in &split {
@@ -161,7 +155,6 @@ async fn read_columns(
         return Ok(BTreeMap::new());
     }
     // The keyed tables to narrow, by the name the config gives them (registered lowercased).
-    let mut read = BTreeMap::new();
     let mut narrowed = Vec::new();
     for (table, key) in &settings.slices.keys {
         let name = TableReference::from(table.as_str());
@@ -172,34 +165,28 @@ async fn read_columns(
         let Ok(provider) = ctx.table_provider(table.as_str()).await else {
             continue;
         };
-        let schema = provider.schema();
-        if cols.len() >= schema.fields().len() {
-            continue;
+        if cols.len() < provider.schema().fields().len() {
+            narrowed.push((table.clone(), provider, cols));
         }
+    }
+    if narrowed.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let _restore = Restore::new(ctx, narrowed.iter().map(|(t, p, _)| (t.as_str(), p)));
+    for (table, provider, cols) in &narrowed {
+        let schema = provider.schema();
         let fields = schema.fields().iter().filter(|f| cols.contains(f.name()));
         let empty = Arc::new(Schema::new(fields.cloned().collect::<Vec<_>>()));
-        narrowed.push((table.clone(), provider, empty));
-        read.insert(table.clone(), cols);
-    }
-    if read.is_empty() {
-        return Ok(read);
-    }
-    let _restore = Restore {
-        ctx,
-        tables: narrowed
-            .iter()
-            .map(|(t, p, _)| (t.clone(), Arc::clone(p)))
-            .collect(),
-    };
-    for (table, _, schema) in narrowed {
-        let registered = datafusion::datasource::MemTable::try_new(schema, vec![vec![]])
-            .and_then(|empty| replace_table(ctx, &table, Arc::new(empty)));
+        let registered = datafusion::datasource::MemTable::try_new(empty, vec![vec![]])
+            .and_then(|empty| replace_table(ctx, table, Arc::new(empty)));
         if registered.is_err() {
             return Ok(BTreeMap::new());
         }
     }
     match plan(ctx, settings).await {
-        Ok(df) if *df.schema().as_arrow() == output => Ok(read),
+        Ok(df) if *df.schema().as_arrow() == output => {
+            Ok(narrowed.into_iter().map(|(t, _, cols)| (t, cols)).collect())
+        }
         _ => {
             tracing::debug!("the model names columns it does not read: slices keep every column");
             Ok(BTreeMap::new())
@@ -221,6 +208,19 @@ fn replace_table(
 struct Restore<'a> {
     ctx: &'a SessionContext,
     tables: Vec<(String, Arc<dyn datafusion::catalog::TableProvider>)>,
+}
+
+impl<'a> Restore<'a> {
+    /// Restores each (name, provider) of `tables` when dropped.
+    fn new<'t>(
+        ctx: &'a SessionContext,
+        tables: impl Iterator<Item = (&'t str, &'t Arc<dyn datafusion::catalog::TableProvider>)>,
+    ) -> Self {
+        let tables = tables
+            .map(|(t, p)| (t.to_string(), Arc::clone(p)))
+            .collect();
+        Restore { ctx, tables }
+    }
 }
 
 impl Drop for Restore<'_> {

@@ -67,6 +67,14 @@ impl Router {
     /// behind one merged stream.
     pub async fn route(&mut self, df: DataFrame, what: &str) -> Result<u64> {
         let schema = without_bucket(df.schema().as_arrow());
+        if let Some(files) = self.files.iter().flatten().next()
+            && files.schema.fields() != schema.fields()
+        {
+            return Err(Error::Internal(format!(
+                "{what}: a frame routed into {} has another schema",
+                self.name
+            )));
+        }
         let streams = df
             .execute_stream_partitioned()
             .await
@@ -77,13 +85,7 @@ impl Router {
         let mut tasks = tokio::task::JoinSet::new();
         for (k, mut stream) in streams.into_iter().enumerate() {
             let mut files = match self.files[k].take() {
-                Some(f) if f.schema.fields() == schema.fields() => f,
-                Some(_) => {
-                    return Err(Error::Internal(format!(
-                        "{what}: a frame routed into {} has another schema",
-                        self.name
-                    )));
-                }
+                Some(files) => files,
                 None => BucketFiles::create(
                     &self.dir,
                     &format!("{}-p{k}", self.name),
@@ -444,6 +446,21 @@ mod tests {
         for slice in 0..4 {
             assert_eq!(router.route(frame(slice), "test").await.unwrap(), 3000);
         }
+        // A frame of another schema cannot share the files.
+        let other = ctx
+            .read_batch(
+                RecordBatch::try_from_iter([
+                    ("n", Arc::new(UInt32Array::from(vec![1])) as ArrayRef),
+                    (
+                        BUCKET_COLUMN,
+                        Arc::new(UInt32Array::from(vec![0])) as ArrayRef,
+                    ),
+                ])
+                .unwrap(),
+            )
+            .unwrap();
+        let refused = router.route(other, "test").await.unwrap_err().to_string();
+        assert!(refused.contains("another schema"), "{refused}");
         let paths = router.finish().unwrap();
         // Two partitions' files per bucket, whatever the number of frames.
         assert_eq!(paths.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2]);

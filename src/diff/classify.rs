@@ -525,8 +525,6 @@ struct Job {
     /// CPU time of each phase: adding model rows, adding state rows, joining, classifying.
     phase: [Time; 4],
     reservation: MemoryReservation,
-    /// What the state's rows hold, charged while they were added beside the model's.
-    state_reservation: MemoryReservation,
     /// Threads for the join and the output: the session's target partitions, at most one
     /// per core.
     threads: usize,
@@ -535,17 +533,16 @@ struct Job {
     model: Vec<ModelBatch>,
     /// The buffers of `model` charged to the pool so far.
     counted: RecordBatchMemoryCounter,
-    state: Vec<StateBatch>,
-    /// Each side's first row of each batch, then its row count.
+    /// The model's first row of each batch, then its row count.
     model_starts: Vec<Row>,
-    state_starts: Vec<Row>,
-    /// Each side's identifiers, by partition.
+    /// The model's identifiers, by partition.
     model_parts: Vec<Part>,
     /// Each model batch's first entry in each partition.
     batch_starts: Vec<u32>,
     /// Entries each partition is sized for when its side's first batch arrives.
     per_part: usize,
-    state_parts: Vec<Part>,
+    /// The state's rows, added on a task of their own (see `collect`).
+    state: StateSide,
     matches: Option<Matches>,
     /// Output progress: the next model batch, then the next deletion.
     next_batch: usize,
@@ -773,7 +770,8 @@ fn reserve(parts: &mut [Part], entries: usize) {
     }
 }
 
-/// The state's side of a classification while its rows are added (see `Job::collect`).
+/// The state's side of a classification: its rows, where each batch starts, its
+/// identifiers by partition and what they are charged.
 struct StateSide {
     cols: Columns,
     seed: u64,
@@ -781,11 +779,43 @@ struct StateSide {
     time: Time,
     reservation: MemoryReservation,
     batches: Vec<StateBatch>,
+    /// The first row of each batch, then the row count.
     starts: Vec<Row>,
     parts: Vec<Part>,
 }
 
 impl StateSide {
+    fn new(
+        cols: Columns,
+        seed: u64,
+        per_part: usize,
+        time: Time,
+        reservation: MemoryReservation,
+    ) -> Self {
+        StateSide {
+            cols,
+            seed,
+            per_part,
+            time,
+            reservation,
+            batches: Vec::new(),
+            starts: vec![0],
+            parts: (0..PARTS).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// A side with no rows yet, configured like this one.
+    fn emptied(&self) -> Self {
+        let r = self.reservation.new_empty();
+        StateSide::new(
+            self.cols.clone(),
+            self.seed,
+            self.per_part,
+            self.time.clone(),
+            r,
+        )
+    }
+
     async fn collect(mut self, mut state: SendableRecordBatchStream) -> Result<Self> {
         while let Some(b) = state.next().await {
             self.add(b?)?;
@@ -850,31 +880,37 @@ impl Job {
     ) -> Self {
         // Sized for the expected rows, plus an eighth for new identifiers and skew.
         let per_part = exec.expected / PARTS + exec.expected / PARTS / 8;
+        let phase = [
+            "add_model_time",
+            "add_state_time",
+            "join_time",
+            "classify_time",
+        ]
+        .map(|n| MetricBuilder::new(&exec.metrics).subset_time(n, partition));
+        let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), partition);
+        let state = StateSide::new(
+            exec.cols.clone(),
+            seed,
+            per_part,
+            phase[1].clone(),
+            reservation.new_empty(),
+        );
         Job {
             key: exec.key,
             cols: exec.cols.clone(),
             full: Arc::clone(&exec.full),
             projection: exec.projection.clone(),
             metrics: BaselineMetrics::new(&exec.metrics, partition),
-            phase: [
-                "add_model_time",
-                "add_state_time",
-                "join_time",
-                "classify_time",
-            ]
-            .map(|n| MetricBuilder::new(&exec.metrics).subset_time(n, partition)),
-            state_reservation: reservation.new_empty(),
+            phase,
             reservation,
             threads,
-            seed: std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), partition),
+            seed,
             model: Vec::new(),
             counted: RecordBatchMemoryCounter::new(),
-            state: Vec::new(),
             model_starts: vec![0],
-            state_starts: vec![0],
             model_parts: (0..PARTS).map(|_| Vec::new()).collect(),
-            state_parts: (0..PARTS).map(|_| Vec::new()).collect(),
             per_part,
+            state,
             matches: None,
             batch_starts: Vec::new(),
             next_batch: 0,
@@ -890,47 +926,18 @@ impl Job {
         mut model: SendableRecordBatchStream,
         state: SendableRecordBatchStream,
     ) -> Result<Self> {
-        let side =
-            datafusion::common::runtime::SpawnedTask::spawn(self.state_side().collect(state));
+        let empty = self.state.emptied();
+        let side = std::mem::replace(&mut self.state, empty);
+        let side = datafusion::common::runtime::SpawnedTask::spawn(side.collect(state));
         while let Some(b) = model.next().await {
             self.add_model(b?)?;
         }
-        let side = side
+        self.state = side
             .join()
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))??;
-        self.adopt(side);
         self.join()?;
         Ok(self)
-    }
-
-    /// The state's rows so far, to be added to elsewhere ([`Job::adopt`] takes them back).
-    fn state_side(&mut self) -> StateSide {
-        StateSide {
-            cols: self.cols.clone(),
-            seed: self.seed,
-            per_part: self.per_part,
-            time: self.phase[1].clone(),
-            reservation: self.state_reservation.take(),
-            batches: std::mem::take(&mut self.state),
-            starts: std::mem::take(&mut self.state_starts),
-            parts: std::mem::take(&mut self.state_parts),
-        }
-    }
-
-    fn adopt(&mut self, side: StateSide) {
-        self.state = side.batches;
-        self.state_starts = side.starts;
-        self.state_parts = side.parts;
-        self.state_reservation = side.reservation;
-    }
-
-    #[cfg(test)]
-    fn add_state(&mut self, batch: RecordBatch) -> Result<()> {
-        let mut side = self.state_side();
-        let added = side.add(batch);
-        self.adopt(side);
-        added
     }
 
     fn add_model(&mut self, batch: RecordBatch) -> Result<()> {
@@ -964,7 +971,7 @@ impl Job {
         let time = self.phase[2].clone();
         let timer = time.timer();
         let mut model_parts = std::mem::take(&mut self.model_parts);
-        let state_parts = std::mem::take(&mut self.state_parts);
+        let state_parts = std::mem::take(&mut self.state.parts);
         // Partitions are independent: split them over the session's threads. (Scoped OS
         // threads: this runs once both inputs have ended, so the runtime has nothing else
         // of this plan to run meanwhile.)
@@ -1138,8 +1145,9 @@ impl Job {
         if at == NONE {
             return None;
         }
-        let b = self.state_starts.partition_point(|&s| s <= at) - 1;
-        Some((&self.state[b], (at - self.state_starts[b]) as usize))
+        let starts = &self.state.starts;
+        let b = starts.partition_point(|&s| s <= at) - 1;
+        Some((&self.state.batches[b], (at - starts[b]) as usize))
     }
 
     /// The output batch of the projected columns, each built by `column(index in the full
@@ -1435,7 +1443,7 @@ mod tests {
             ],
         )
         .unwrap();
-        job.add_state(state).unwrap();
+        job.state.add(state).unwrap();
         job.join().unwrap();
         let out: Vec<RecordBatch> = Iterator::collect::<Result<_>>(job).unwrap();
         let mut rows: Vec<String> = Vec::new();
@@ -1505,7 +1513,7 @@ mod tests {
             ],
         )
         .unwrap();
-        job.add_state(state).unwrap();
+        job.state.add(state).unwrap();
         job.join().unwrap();
         let (email, dup) = (identity::REASON_EMAIL, identity::REASON_DUPLICATE);
         assert_eq!(
@@ -1573,7 +1581,7 @@ mod tests {
                 ],
             )
             .unwrap();
-            job.add_state(state).unwrap();
+            job.state.add(state).unwrap();
             job.join().unwrap();
             job
         };

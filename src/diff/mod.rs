@@ -84,6 +84,16 @@ pub struct Counts {
     pub invalid: u64,
 }
 
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.new += o.new;
+        self.changed += o.changed;
+        self.unchanged += o.unchanged;
+        self.deleted += o.deleted;
+        self.invalid += o.invalid;
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Sample {
     pub identifier: Option<String>,
@@ -279,6 +289,7 @@ pub async fn plan(
                     .map_err(fail("change detection"))?,
             );
         }
+        tracing::debug!(buckets, at_once, "bucket files classified at once");
         return Ok(ChangeSet {
             buckets: frames,
             state: state_df,
@@ -730,15 +741,7 @@ impl Tally {
 
     /// Adds a later bucket's tally: its counts, and its samples where this one has room.
     fn merge(&mut self, later: Summary) {
-        let c = &mut self.summary.counts;
-        let l = later.counts;
-        (c.new, c.changed, c.unchanged, c.deleted, c.invalid) = (
-            c.new + l.new,
-            c.changed + l.changed,
-            c.unchanged + l.unchanged,
-            c.deleted + l.deleted,
-            c.invalid + l.invalid,
-        );
+        self.summary.counts += later.counts;
         for (kind, samples) in later.samples {
             let kept = self.summary.samples.entry(kind).or_default();
             let room = SAMPLES_PER_KIND.saturating_sub(kept.len());

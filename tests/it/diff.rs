@@ -548,6 +548,8 @@ fn a_first_baseline_too_large_for_one_bucket_is_bucketed_by_its_sources() {
         !out.stderr.contains("streaming SQL join"),
         "a bucket fell back to the SQL join"
     );
+    // Each bucket's classification fits half the pool: two run at once.
+    assert!(out.stderr.contains("at_once=2"), "{}", out.stderr);
     // Two buckets, each too large to hold (100 K identifiers at 320 bytes and their files
     // against half of 64 MB), are classified by the SQL join, which streams the model's
     // rows through the narrow bucket files: same counts.
@@ -561,6 +563,8 @@ fn a_first_baseline_too_large_for_one_bucket_is_bucketed_by_its_sources() {
     let out = cli(&["-vv", "plan", "--json", "-c", config], &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("streaming SQL join"));
+    // A hash join's table is not bounded by half the pool: one bucket at a time.
+    assert!(out.stderr.contains("at_once=1"), "{}", out.stderr);
     assert_eq!(counts(&json(&out)), [0, 0, rows, 0, 0]);
 }
 
