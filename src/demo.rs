@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::emulator::{Emulator, EmulatorConfig, Endpoint};
 use crate::error::{Error, Result, exit};
-use crate::runner::{RunOptions, run};
+use crate::pipeline::{RunOptions, run};
 
 /// (path in the landing folder, file contents)
 type Extract = [(&'static str, &'static [u8])];

@@ -11,11 +11,14 @@
 //!   classifying every row as new, changed, unchanged, deleted or invalid.
 //! - [`spill`]: rows routed by a hash into per-bucket files, for a model or a diff larger
 //!   than memory.
-//! - [`state`]: snapshot, deltas, manifest and lock on a folder or object store.
-//! - [`sink`]: the Voyado Engage client, payload encoding and per-row decisions.
-//! - [`runner`]: one `run`, from the diff to the committed snapshot.
+//! - [`stage`]: the change set written once to the state folder, counted, guards checked.
+//! - [`sink`]: the Voyado Engage sink: staged rows -> requests -> confirmed outcomes.
+//! - [`state`]: snapshot, deltas, commit, manifest, lock and reports on a folder or object
+//!   store.
+//! - [`pipeline`]: one file per command (`check`, `plan`, `baseline`, `run`, `reset`,
+//!   `history`), the only place that strings the stages together; [`report`]: what they
+//!   print.
 //! - [`emulator`]: a strict local Voyado Engage stand-in for tests and the demo.
-//! - [`commands`]: `check`, `plan`, `baseline`, `reset`; [`report`]: what they print.
 //! - `cluster` (feature `ballista`): a Ballista scheduler or executor with the crate's
 //!   functions and object stores, for `[engine] kind = "ballista"`.
 
@@ -23,7 +26,6 @@ pub mod catalog;
 pub mod cli;
 #[cfg(feature = "ballista")]
 pub mod cluster;
-pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod diff;
@@ -31,10 +33,11 @@ pub mod emulator;
 pub mod error;
 pub mod identity;
 pub mod model;
+pub mod pipeline;
 pub mod report;
-pub mod runner;
 pub mod sink;
 pub mod spill;
+pub mod stage;
 pub mod state;
 pub mod strings;
 

@@ -2,8 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use voyado_sync::cli::{Cli, Command};
-use voyado_sync::commands;
 use voyado_sync::error::{Error, exit};
+use voyado_sync::pipeline;
 
 fn init_logging(cli: &Cli) {
     let default = match (cli.quiet, cli.verbose) {
@@ -50,7 +50,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
         Command::Check { config } => {
-            let outcome = commands::check(config.target()).await?;
+            let outcome = pipeline::check(config.target()).await?;
             for note in &outcome.notes {
                 eprintln!("note: {note}");
             }
@@ -69,16 +69,16 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             model_only: true,
             ..
         } => {
-            let (rows, ms) = commands::model_only(config.target()).await?;
+            let (rows, ms) = pipeline::model_only(config.target()).await?;
             println!("{{\"model_rows\": {rows}, \"duration_ms\": {ms}}}");
             Ok(exit::OK)
         }
         Command::Plan { config, json, .. } => {
-            let report = commands::plan(config.target()).await?;
+            let report = pipeline::plan(config.target()).await?;
             emit(&report, json)
         }
         Command::Baseline { config, json } => {
-            let report = commands::baseline(config.target()).await?;
+            let report = pipeline::baseline(config.target()).await?;
             emit(&report, json)
         }
         Command::Run {
@@ -86,31 +86,31 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             json,
             force,
         } => {
-            let options = voyado_sync::runner::RunOptions {
+            let options = pipeline::RunOptions {
                 force,
                 progress: !cli.quiet && !json,
                 ..Default::default()
             };
-            let result = voyado_sync::runner::run(config.target(), &options).await?;
+            let result = pipeline::run(config.target(), &options).await?;
             emit(&result.report, json)?;
             Ok(result.exit_code)
         }
         Command::History { config, json } => {
-            let reports = commands::history(config.target()).await?;
+            let reports = pipeline::history(config.target()).await?;
             if json {
                 print_json(&reports).map_err(|e| Error::Internal(e.to_string()))?;
             } else if reports.is_empty() {
                 println!("no runs recorded");
             } else {
                 for r in &reports {
-                    println!("{}", commands::history_line(r));
+                    println!("{}", pipeline::history_line(r));
                 }
             }
             Ok(exit::OK)
         }
         Command::Demo { dir } => voyado_sync::demo::demo(dir.as_deref()).await,
         Command::Reset { config } => {
-            let existed = commands::reset(config.target()).await?;
+            let existed = pipeline::reset(config.target()).await?;
             if existed {
                 println!("state forgotten: the next run sends every row");
             } else {

@@ -14,7 +14,6 @@
 
 mod classify;
 pub mod row_hash;
-pub mod stage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

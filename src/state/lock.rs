@@ -167,3 +167,17 @@ impl Drop for Lock {
         }
     }
 }
+
+impl super::State {
+    pub async fn lock(&self, run_id: &str, command: &str, stale_secs: u64) -> Result<Lock> {
+        Lock::acquire(
+            Arc::clone(&self.store),
+            self.path("lock.json"),
+            &self.sync,
+            run_id,
+            command,
+            stale_secs,
+        )
+        .await
+    }
+}

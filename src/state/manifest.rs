@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
+
+use super::{State, storage};
+use crate::error::{Error, Result};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -27,4 +31,43 @@ pub struct Manifest {
     pub snapshot_rows: u64,
     pub run_id: String,
     pub committed_at: String,
+}
+
+impl State {
+    pub async fn manifest(&self) -> Result<Option<Manifest>> {
+        let path = self.path("manifest.json");
+        match self.store.get(&path).await {
+            Ok(r) => {
+                let bytes = r
+                    .bytes()
+                    .await
+                    .map_err(|e| storage("reading manifest.json", &e))?;
+                let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Storage(format!(
+                        "state: {}/manifest.json is not a valid manifest: {e}",
+                        self.display
+                    ))
+                })?;
+                if m.format_version > FORMAT_VERSION {
+                    return Err(Error::Storage(format!(
+                        "state: manifest format {} is newer than this version of voyado-sync understands ({})",
+                        m.format_version, FORMAT_VERSION
+                    )));
+                }
+                Ok(Some(m))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(storage("reading manifest.json", &e)),
+        }
+    }
+
+    pub(super) async fn put_manifest(&self, m: &Manifest) -> Result<()> {
+        let body = serde_json::to_vec_pretty(m)
+            .map_err(|e| Error::Internal(format!("manifest encode: {e}")))?;
+        self.store
+            .put(&self.path("manifest.json"), PutPayload::from(body))
+            .await
+            .map_err(|e| storage("writing manifest.json", &e))?;
+        Ok(())
+    }
 }

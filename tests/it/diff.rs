@@ -6,7 +6,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::*;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use proptest::prelude::*;
-use voyado_sync::commands;
+use voyado_sync::pipeline;
 
 use crate::common::Sync;
 
@@ -263,10 +263,10 @@ fn diff_sliced(old: &[Row], new: &[Row], partitions: u32, slices: u32) -> [u64; 
     rt().block_on(async {
         if !old.is_empty() {
             sync.land(&batch(old));
-            commands::baseline(&cfg).await.unwrap();
+            pipeline::baseline(&cfg).await.unwrap();
         }
         sync.land(&batch(new));
-        counts(&commands::plan(&cfg).await.unwrap())
+        counts(&pipeline::plan(&cfg).await.unwrap())
     })
 }
 
@@ -418,9 +418,9 @@ fn a_sliced_join_model_plans_like_the_whole_model() {
         let cfg = sync.config();
         rt().block_on(async {
             sync.land(&batch(&old));
-            commands::baseline(&cfg).await.unwrap();
+            pipeline::baseline(&cfg).await.unwrap();
             sync.land(&batch(&new));
-            counts(&commands::plan(&cfg).await.unwrap())
+            counts(&pipeline::plan(&cfg).await.unwrap())
         })
     };
     let whole = plan(1);

@@ -26,7 +26,7 @@ fn rows(n: usize) -> Vec<Row> {
 /// Every u{i} contact holds i, once.
 fn assert_exact(emu: &Emulator, n: usize) {
     let mut contacts = by_email(emu);
-    contacts.remove(voyado_sync::sink::voyado::client::PROBE_EMAIL);
+    contacts.remove(voyado_sync::sink::voyado::calls::PROBE_EMAIL);
     assert_eq!(contacts.len(), n, "one contact per row, no duplicates");
     let mut per_email: BTreeMap<String, usize> = BTreeMap::new();
     for c in emu.contacts() {

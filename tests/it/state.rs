@@ -5,7 +5,7 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use voyado_sync::{commands, config, state::State};
+use voyado_sync::{config, pipeline, state::State};
 
 use crate::common::{Sync, cli, counts, json};
 use crate::diff::{MAPPING, Row, batch};
@@ -161,7 +161,7 @@ async fn deltas_are_applied_on_read() {
         row("c@x.se", 1),
         row("d@x.se", 2),
     ]));
-    let (report, staged, state) = commands::stage(&s.config()).await.unwrap();
+    let (report, staged, state) = pipeline::stage(&s.config()).await.unwrap();
     assert_eq!(
         [
             report.counts.new,
@@ -216,7 +216,7 @@ async fn staging_records_exactly_the_changed_attributes() {
         ..row("x", 1)
     });
     s.land(&batch(&next));
-    let (report, staged, state) = commands::stage(&s.config()).await.unwrap();
+    let (report, staged, state) = pipeline::stage(&s.config()).await.unwrap();
     assert_eq!(report.counts.invalid, 1);
     let ctx = SessionContext::new();
     for (name, rel) in [("staged", &staged.rel), ("invalid", &staged.invalid_rel)] {

@@ -286,7 +286,7 @@ async fn another_writer_creating_first_is_taken_over_not_duplicated() {
     assert_eq!(outcomes(&parse(&out)), [0, 2, 0, 0, 0, 0]);
     let mut contacts = by_email(&emu);
     // The fault also "creates" the key probe's address after its 404; ignore that one.
-    contacts.remove(voyado_sync::sink::voyado::client::PROBE_EMAIL);
+    contacts.remove(voyado_sync::sink::voyado::calls::PROBE_EMAIL);
     assert_eq!(contacts.len(), 2, "no duplicates");
     assert_eq!(contacts["a@x.se"]["i"], 1);
     assert_eq!(contacts["b@x.se"]["i"], 2);

@@ -1,7 +1,7 @@
 //! The bulk path: rows go out as bulk batches of flat items matched by key, each batch is
 //! polled until Voyado reports it finished, and only then do its rows get outcomes.
 //!
-//! Per row the decisions mirror the single path ([`super::rows`]): new rows are created
+//! Per row the decisions mirror the single path ([`super::single`]): new rows are created
 //! (UPSERT) or updated with every value (UPDATE), changed rows are updated with their
 //! changed values only. Items a create batch reports as existing are updated with every
 //! value; items an update batch reports as unknown are created (UPSERT) or end not_found
@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::bulk_api::{BatchState, ItemError, StatusError};
-use super::client::{Client, Submit};
+use super::calls::Submit;
+use super::client::Client;
 use super::encode::object;
 use super::outcome::Outcome;
-use super::rows::Job;
+use super::request::EncodedRow;
 use crate::config::{BulkSettings, Key, Mode};
 use crate::identity::normalize;
 
@@ -67,7 +68,7 @@ enum ItemResult {
 
 impl BulkPlanner<'_> {
     /// Outcomes for `jobs` (row index, job): (row index, identifier, outcome).
-    pub async fn process(&self, jobs: Vec<(usize, Job)>) -> Vec<(usize, String, Outcome)> {
+    pub async fn process(&self, jobs: Vec<(usize, EncodedRow)>) -> Vec<(usize, String, Outcome)> {
         let mut done = Vec::with_capacity(jobs.len());
         let mut first: Vec<(usize, Call)> = Vec::new();
         for (n, (_, job)) in jobs.iter().enumerate() {
@@ -129,7 +130,7 @@ impl BulkPlanner<'_> {
     /// a few batches at a time, and returns one result per item.
     async fn round(
         &self,
-        jobs: &[(usize, Job)],
+        jobs: &[(usize, EncodedRow)],
         items: Vec<(usize, Call)>,
     ) -> Vec<(usize, Call, ItemResult)> {
         let mut batches = Vec::new();
@@ -166,7 +167,7 @@ impl BulkPlanner<'_> {
     /// One bulk call and its polling: a result for each of `positions`, in order.
     async fn batch(
         &self,
-        jobs: &[(usize, Job)],
+        jobs: &[(usize, EncodedRow)],
         call: Call,
         positions: &[usize],
     ) -> Vec<ItemResult> {
@@ -243,7 +244,7 @@ impl BulkPlanner<'_> {
 
     /// The flat item: the key attribute plus every value (new rows, second rounds) or the
     /// changed values (changed rows), empty values already left out by the encoder.
-    fn item(&self, job: &Job, call: Call) -> String {
+    fn item(&self, job: &EncodedRow, call: Call) -> String {
         let values = if job.as_new || call != Call::Update {
             &job.full
         } else {
@@ -293,7 +294,7 @@ impl BulkPlanner<'_> {
     }
 }
 
-fn applied(call: Call, job: &Job) -> Outcome {
+fn applied(call: Call, job: &EncodedRow) -> Outcome {
     match call {
         Call::Create | Call::Recreate => Outcome::Created(None),
         Call::Update | Call::UpdateExisting => Outcome::Updated(job.contact_id.clone()),

@@ -103,7 +103,7 @@ impl ItemError {
 /// The batch id from a bulk call's answer: a JSON string (documented), the bare id, or an
 /// object carrying `batchId`/`id`.
 pub fn parse_batch_id(body: &str) -> Option<String> {
-    super::client::parse_token(
+    super::wire::parse_token(
         body,
         &["batchId", "id", "batch"],
         200,
@@ -171,7 +171,7 @@ pub fn parse_status(body: &str) -> Result<BatchState, String> {
                 .unwrap_or("no reason given");
             Ok(BatchState::Failed(format!(
                 "batch {status}: {}",
-                super::client::truncate(message)
+                super::wire::truncate(message)
             )))
         }
         other => Err(format!("status answer has an unknown status {other:?}")),
@@ -194,13 +194,13 @@ fn item_error(v: &Value) -> ItemError {
             index: None,
             key: None,
             code: "ItemFailed".into(),
-            message: super::client::truncate(&v.to_string()),
+            message: super::wire::truncate(&v.to_string()),
         };
     };
     // Server text goes into logs and reports: one line, bounded.
     let text = |names: &[&str]| {
         field(o, names).and_then(|v| match v {
-            Value::String(s) => Some(super::client::truncate(s)),
+            Value::String(s) => Some(super::wire::truncate(s)),
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         })

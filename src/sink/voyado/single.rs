@@ -1,30 +1,20 @@
-//! Per-row decisions: which lookups, creates and updates a row needs in each sync mode.
+//! The single-contact path: per row, which lookups, creates and updates it needs in each
+//! sync mode.
 //!
 //! Voyado's own advice shapes this: look a contact up before creating it, treat a 409 on
 //! create as "it exists" (look up, then update), never resend a create whose outcome is
 //! unknown without looking first, and send an update only the attributes that changed.
 
-use super::client::{Client, Create, Lookup, Update};
+use futures::StreamExt;
+
+use super::calls::{Create, Lookup, Update};
+use super::client::Client;
 use super::encode::object;
 use super::outcome::Outcome;
+use super::request::EncodedRow;
 use crate::config::{Key, Mode};
 
-/// One staged row, encoded.
-#[derive(Debug, Clone)]
-pub struct Job {
-    /// Normalised identifier (the key attribute's value).
-    pub identifier: String,
-    /// New to the snapshot, or previously not_found / rejected: sends every value.
-    pub as_new: bool,
-    /// A contactId already known (from the snapshot or the model).
-    pub contact_id: Option<String>,
-    /// Every non-empty mapped value, as (attribute, JSON text).
-    pub full: Vec<(String, String)>,
-    /// Changed, non-empty values (changed rows only).
-    pub changed: Vec<(String, String)>,
-}
-
-pub struct Planner<'a> {
+pub struct SinglePlanner<'a> {
     pub client: &'a Client,
     pub mode: Mode,
     pub key: Key,
@@ -39,8 +29,25 @@ fn body(pairs: &[(String, String)]) -> String {
 /// How many times a create may be re-attempted after 409s or unknown outcomes.
 const CREATE_ATTEMPTS: usize = 3;
 
-impl Planner<'_> {
-    pub async fn process(&self, job: &Job) -> Outcome {
+impl SinglePlanner<'_> {
+    /// Sends each row through the single-contact API, `concurrency` rows at a time:
+    /// (row index, identifier, outcome), in the order the answers come.
+    pub async fn process_all(
+        &self,
+        rows: Vec<(usize, EncodedRow)>,
+        concurrency: usize,
+    ) -> Vec<(usize, String, Outcome)> {
+        futures::stream::iter(rows)
+            .map(|(i, row)| async move {
+                let o = self.process(&row).await;
+                (i, row.identifier, o)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    }
+
+    pub async fn process(&self, job: &EncodedRow) -> Outcome {
         let payload = if job.as_new { &job.full } else { &job.changed };
         if self.key == Key::ContactId {
             if payload.is_empty() {
@@ -82,7 +89,7 @@ impl Planner<'_> {
         }
     }
 
-    async fn update_full(&self, job: &Job, id: String) -> Outcome {
+    async fn update_full(&self, job: &EncodedRow, id: String) -> Outcome {
         if job.full.is_empty() {
             return Outcome::Skipped(Some(id));
         }
@@ -96,7 +103,7 @@ impl Planner<'_> {
         }
     }
 
-    async fn create_or_not_found(&self, job: &Job) -> Outcome {
+    async fn create_or_not_found(&self, job: &EncodedRow) -> Outcome {
         if self.mode == Mode::Update || matches!(self.key, Key::ContactId | Key::MemberNumber) {
             return Outcome::NotFound;
         }

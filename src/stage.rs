@@ -1,5 +1,6 @@
 //! Staging: the change set written once to the state folder before anything is sent, so
 //! guards see exact counts and the sink streams from a file instead of re-running the model.
+//! The guards are checked here, on those counts.
 //!
 //! Pass 1 streams the classified rows, counting every kind, and keeps new, changed and
 //! deleted rows (invalid ones go to their own file for inspection). Pass 2 joins the staged
@@ -10,12 +11,13 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::compute::filter_record_batch;
+use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 
-use super::{CHANGED, ChangeSet, DELETED, INVALID, KIND, NEW, Summary, Tally};
 use crate::catalog::temp_view;
 use crate::config::Settings;
+use crate::diff::{CHANGED, ChangeSet, DELETED, INVALID, KIND, NEW, Summary, Tally};
 use crate::error::{Error, Result, df_message};
 use crate::state::{self, State, quote};
 
@@ -29,6 +31,53 @@ pub struct Staged {
     /// Invalid rows with their reasons, relative to the state folder.
     pub invalid_rel: String,
     pub summary: Summary,
+}
+
+impl Staged {
+    /// Refuses to send a change set that would delete or change more of the snapshot
+    /// than the thresholds allow, unless `force`d.
+    pub fn check_guards(&self, s: &Settings, force: bool) -> Result<()> {
+        let c = self.summary.counts;
+        let snapshot = c.changed + c.unchanged + c.deleted;
+        if force || snapshot == 0 {
+            return Ok(());
+        }
+        let t = &s.thresholds;
+        let deleted = c.deleted as f64 * 100.0 / snapshot as f64;
+        if deleted > t.max_deleted_percent {
+            return Err(Error::Guard(format!(
+                "guard max_deleted_percent: {} of {snapshot} snapshot rows would be deleted ({deleted:.1}% > {}%); nothing was sent; rerun with --force if this is intended",
+                c.deleted, t.max_deleted_percent
+            )));
+        }
+        if let Some(max) = t.max_changed_percent {
+            let changed = c.changed as f64 * 100.0 / snapshot as f64;
+            if changed > max {
+                return Err(Error::Guard(format!(
+                    "guard max_changed_percent: {} of {snapshot} snapshot rows changed ({changed:.1}% > {max}%); nothing was sent; rerun with --force if this is intended",
+                    c.changed
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The staged rows, streamed from their file.
+    pub async fn stream(
+        &self,
+        ctx: &SessionContext,
+        state: &State,
+    ) -> Result<SendableRecordBatchStream> {
+        let fail = |e: datafusion::error::DataFusionError| {
+            Error::Storage(df_message("reading the staged change set", &e))
+        };
+        ctx.read_parquet(state.url(&self.rel), ParquetReadOptions::default())
+            .await
+            .map_err(fail)?
+            .execute_stream()
+            .await
+            .map_err(fail)
+    }
 }
 
 /// Writes the change set of `set` to `staged/<run_id>.parquet`.
@@ -95,7 +144,7 @@ pub async fn stage(
     let stage1 = temp_view(ctx, "stage1", staged).map_err(fail)?;
     let state_cols = set.state.schema().as_arrow().clone();
     let state_view = temp_view(ctx, "stage_state", set.state.clone()).map_err(fail)?;
-    let value_key = super::row_hash::VALUE_KEY;
+    let value_key = crate::diff::row_hash::VALUE_KEY;
     let mut stored = vec![quote(state::IDENTIFIER)];
     let mut tests = Vec::new();
     for m in &settings.attributes {

@@ -1,0 +1,61 @@
+//! `check`: everything that can be validated without sending data.
+
+use crate::config::{self, Settings, Target};
+use crate::error::{Error, Result};
+use crate::state::State;
+
+/// What `check` found: non-fatal notes (fatal problems are returned as `Error::Config`).
+#[derive(Debug)]
+pub struct CheckOutcome {
+    pub settings: Settings,
+    pub columns: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Validates everything that can be validated without sending data.
+pub async fn check(target: impl Into<Target>) -> Result<CheckOutcome> {
+    let settings = config::load_target(&target.into())?;
+    let mut problems = Vec::new();
+    if let Err(p) = settings.destination.api_key.check_available() {
+        problems.push(p);
+    }
+    let ctx = crate::catalog::session(&settings)?;
+    let mut columns = Vec::new();
+    match crate::catalog::register_sources(&ctx, &settings).await {
+        Err(e) => problems.push(e.to_string()),
+        Ok(()) => match crate::model::plan(&ctx, &settings).await {
+            Err(e) => problems.push(e.to_string()),
+            Ok(df) => {
+                let schema = df.schema().as_arrow().clone();
+                columns = schema
+                    .fields()
+                    .iter()
+                    .map(|f| format!("{} {}", f.name(), f.data_type()))
+                    .collect();
+                problems.extend(crate::model::check_output(&schema, &settings));
+                problems.extend(crate::model::check_slice_keys(&ctx, &settings).await);
+            }
+        },
+    }
+    match State::open(&ctx, &settings, false) {
+        Err(e) => problems.push(e.to_string()),
+        Ok(state) => match state.manifest().await {
+            Err(e) => problems.push(e.to_string()),
+            Ok(Some(m)) if m.identifier_key != settings.key.as_str() => problems.push(format!(
+                "[identifier] key: the state was built with key {}, not {}; run `voyado-sync reset` to start over with the new key",
+                m.identifier_key,
+                settings.key.as_str()
+            )),
+            Ok(_) => {}
+        },
+    }
+    if !problems.is_empty() {
+        return Err(Error::Config(problems));
+    }
+    let notes = settings.notes.clone();
+    Ok(CheckOutcome {
+        settings,
+        columns,
+        notes,
+    })
+}
