@@ -1,9 +1,9 @@
 //! The commands, and the only place that strings the stages together.
 //!
-//! Every command starts from [`prepare`]: settings validated, a DataFusion session with
+//! Every command starts from `prepare`: settings validated, a DataFusion session with
 //! the sources registered, the state opened and checked to be laid out (sharded or not) as
 //! the command runs. A command that writes the state then holds the sync's lock for its
-//! work ([`with_lock`]). `plan` stops at the change set and counts it. `baseline` commits
+//! work (`with_lock`). `plan` stops at the change set and counts it. `baseline` commits
 //! the model's current rows as the snapshot. `run` goes the whole way: the change set is
 //! staged (and the guards checked on its counts), the sink sends the staged rows and
 //! yields their outcomes a chunk at a time, each chunk is recorded as deltas at the next
@@ -28,7 +28,7 @@ pub use baseline::baseline;
 pub use check::{CheckOutcome, check};
 pub use history::{history, history_line};
 pub use plan::{model_only, plan};
-pub(crate) use prepare::Prepared;
+use prepare::Prepared;
 pub use reset::reset;
 pub use run::{RunOptions, RunResult, run, stage};
 

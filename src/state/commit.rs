@@ -370,3 +370,191 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use datafusion::arrow::array::{AsArray, BinaryArray};
+
+    use super::*;
+
+    /// A test outcome: the recording itself, or `None` for a row left unconfirmed.
+    struct Answer(Option<Recording<'static>>);
+
+    impl Recorded for Answer {
+        fn recording(&self) -> Option<Recording<'_>> {
+            self.0
+        }
+    }
+
+    fn fields(attributes: &[(&str, &str)]) -> NewSnapshot {
+        NewSnapshot {
+            run_id: "run-1".into(),
+            identifier_key: "email".into(),
+            attributes: attributes
+                .iter()
+                .map(|(a, t)| (a.to_string(), t.to_string()))
+                .collect(),
+        }
+    }
+
+    fn strings(b: &RecordBatch, name: &str) -> Vec<Option<String>> {
+        let c = b.column_by_name(name).unwrap().as_string::<i32>();
+        (0..c.len())
+            .map(|i| c.is_valid(i).then(|| c.value(i).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_first_run_names_its_deltas_in_an_empty_manifest() {
+        let m = run_manifest(None, &fields(&[("a", "text")]));
+        assert_eq!(m.generation, 0);
+        assert!(m.snapshot.is_empty() && m.deltas.is_empty());
+        assert_eq!(m.format_version, manifest::FORMAT_VERSION);
+        assert_eq!(m.hash_version, diff::row_hash::HASH_VERSION);
+        assert_eq!(m.identifier_key, "email");
+        assert_eq!(m.run_id, "run-1");
+        assert_eq!(m.attributes, BTreeMap::from([("a".into(), "text".into())]));
+    }
+
+    #[test]
+    fn a_new_mapping_widens_the_manifest_and_makes_readers_compare_values() {
+        let prev = Manifest {
+            generation: 3,
+            snapshot: vec!["snapshots/00000003-r.parquet".into()],
+            ..run_manifest(None, &fields(&[("a", "text")]))
+        };
+        let same = run_manifest(Some(prev.clone()), &fields(&[("a", "text")]));
+        assert_eq!(same, prev);
+        let m = run_manifest(Some(prev), &fields(&[("b", "number")]));
+        assert_eq!(m.generation, 3);
+        assert_eq!(m.hash_version, 0);
+        assert_eq!(
+            m.attributes.keys().collect::<Vec<_>>(),
+            vec!["a", "b"],
+            "stored hashes may cover either mapping"
+        );
+    }
+
+    #[test]
+    fn delta_rows_record_what_voyado_confirmed() {
+        let ids = ["c@x", "u@x", "k@x", "n@x", "r@x", "d@x", "f@x"];
+        let staged = RecordBatch::try_from_iter([
+            (
+                IDENTIFIER,
+                Arc::new(StringArray::from(ids.to_vec())) as ArrayRef,
+            ),
+            (
+                CONTACT_ID,
+                Arc::new(StringArray::from(vec![
+                    Some("old"),
+                    Some("c-u"),
+                    None,
+                    Some("c-n"),
+                    Some("c-r"),
+                    Some("c-d"),
+                    Some("c-f"),
+                ])) as ArrayRef,
+            ),
+            (
+                ROW_HASH,
+                Arc::new(BinaryArray::from_iter_values(
+                    ids.iter().map(|i| i.as_bytes()),
+                )) as ArrayRef,
+            ),
+            (
+                "a",
+                Arc::new(StringArray::from(vec!["1", "2", "3", "4", "5", "6", "7"])) as ArrayRef,
+            ),
+            (
+                "ignored",
+                Arc::new(StringArray::from(vec!["x"; 7])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let outcomes = [
+            (0, Answer(Some(Recording::Created(Some("c-new"))))),
+            (1, Answer(Some(Recording::Delivered(None)))),
+            (2, Answer(Some(Recording::Delivered(Some("c-k"))))),
+            (3, Answer(Some(Recording::NotFound))),
+            (4, Answer(Some(Recording::Rejected))),
+            (5, Answer(Some(Recording::Deleted))),
+            (6, Answer(None)),
+        ];
+        let delta = delta_batch(&staged, &outcomes, &["a".to_string()])
+            .unwrap()
+            .unwrap();
+        let names: Vec<&str> = delta
+            .schema_ref()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(names, [IDENTIFIER, CONTACT_ID, STATUS, ROW_HASH, "a", OP]);
+        let s = |v: &[Option<&str>]| v.iter().map(|x| x.map(String::from)).collect::<Vec<_>>();
+        // The failed row is left out: it is sent again next run.
+        assert_eq!(
+            strings(&delta, IDENTIFIER),
+            s(&[
+                Some("c@x"),
+                Some("u@x"),
+                Some("k@x"),
+                Some("n@x"),
+                Some("r@x"),
+                Some("d@x")
+            ])
+        );
+        assert_eq!(
+            strings(&delta, CONTACT_ID),
+            s(&[
+                Some("c-new"),
+                Some("c-u"),
+                Some("c-k"),
+                None,
+                Some("c-r"),
+                Some("c-d")
+            ])
+        );
+        assert_eq!(
+            strings(&delta, STATUS),
+            s(&[
+                Some(DELIVERED),
+                Some(DELIVERED),
+                Some(DELIVERED),
+                Some(NOT_FOUND),
+                Some(REJECTED),
+                Some(DELIVERED)
+            ])
+        );
+        assert_eq!(
+            strings(&delta, OP),
+            s(&[
+                Some("upsert"),
+                Some("upsert"),
+                Some("upsert"),
+                Some("upsert"),
+                Some("upsert"),
+                Some("delete")
+            ])
+        );
+        assert_eq!(
+            strings(&delta, "a"),
+            s(&[
+                Some("1"),
+                Some("2"),
+                Some("3"),
+                Some("4"),
+                Some("5"),
+                Some("6")
+            ])
+        );
+        let hashes = delta.column_by_name(ROW_HASH).unwrap().as_binary::<i32>();
+        assert_eq!(hashes.value(3), b"n@x");
+        assert!(
+            delta_batch(&staged, &[(6, Answer(None))], &[])
+                .unwrap()
+                .is_none()
+        );
+    }
+}

@@ -14,6 +14,10 @@
 //! Every file is written whole before the manifest names it, and the manifest is replaced
 //! atomically, so a crash at any moment leaves the previous state (plus every delta it
 //! already named) readable.
+//!
+//! One file per concern: `files` (Parquet and object-store I/O), `load` (snapshot plus
+//! deltas, as one frame), `commit` (delta rows from outcomes, checkpoints, compaction, the
+//! manifests a run and a commit write), `reports`, `manifest` and `lock`.
 
 mod commit;
 mod files;

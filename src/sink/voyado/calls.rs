@@ -59,6 +59,24 @@ fn reason(a: &Answer) -> String {
 }
 
 impl Client {
+    /// Sends `body` as JSON.
+    async fn send_json(
+        &self,
+        ep: Endpoint,
+        idempotent: bool,
+        method: reqwest::Method,
+        url: &str,
+        body: &str,
+    ) -> Reply {
+        self.send(ep, idempotent, || {
+            self.http
+                .request(method.clone(), url)
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_string())
+        })
+        .await
+    }
+
     fn lookup_url(&self, param: &str, value: &str) -> String {
         format!(
             "{}/api/v3/contacts/id?{param}={}&contactType={}",
@@ -131,12 +149,7 @@ impl Client {
     pub async fn create(&self, body: &str) -> Create {
         let url = format!("{}/api/v3/contacts{}", self.base, self.create_query);
         let sent = self
-            .send(Endpoint::Create, false, || {
-                self.http
-                    .post(&url)
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.to_string())
-            })
+            .send_json(Endpoint::Create, false, reqwest::Method::POST, &url, body)
             .await;
         match sent {
             Reply::Answer(a) if (200..300).contains(&a.status) => {
@@ -154,12 +167,7 @@ impl Client {
     pub async fn update(&self, contact_id: &str, body: &str) -> Update {
         let url = format!("{}/api/v3/contacts/{}", self.base, encode(contact_id));
         let sent = self
-            .send(Endpoint::Update, true, || {
-                self.http
-                    .patch(&url)
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.to_string())
-            })
+            .send_json(Endpoint::Update, true, reqwest::Method::PATCH, &url, body)
             .await;
         match sent {
             Reply::Answer(a) if (200..300).contains(&a.status) => Update::Updated,
@@ -187,14 +195,7 @@ impl Client {
         } else {
             (Endpoint::BulkUpdate, reqwest::Method::PATCH)
         };
-        let sent = self
-            .send(ep, true, || {
-                self.http
-                    .request(method.clone(), &url)
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.to_string())
-            })
-            .await;
+        let sent = self.send_json(ep, true, method, &url, body).await;
         match sent {
             Reply::Answer(a) if (200..300).contains(&a.status) => {
                 match bulk_api::parse_batch_id(&a.body) {

@@ -14,7 +14,7 @@ const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC
 /// The longest server text kept as a row's reason.
 const MAX_REASON: usize = 300;
 
-/// Server text as one line of at most [`MAX_REASON`] characters.
+/// Server text as one line of at most `MAX_REASON` characters.
 pub fn truncate(s: &str) -> String {
     let s = s.trim().replace(['\n', '\r'], " ");
     if s.chars().count() > MAX_REASON {
