@@ -23,7 +23,7 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct ConfigArg {
-    /// The sync's TOML configuration file.
+    /// The sync's TOML configuration file; relative paths in it resolve against its folder.
     #[arg(
         short,
         long,
@@ -57,7 +57,8 @@ pub enum Command {
     Plan {
         #[command(flatten)]
         config: ConfigArg,
-        /// Print exactly one JSON object on stdout.
+        /// Print the report as exactly one JSON object on stdout instead of text (logs stay
+        /// on stderr).
         #[arg(long)]
         json: bool,
         /// Only run the model and discard its output, printing its row count and time
@@ -69,6 +70,8 @@ pub enum Command {
     Baseline {
         #[command(flatten)]
         config: ConfigArg,
+        /// Print the report as exactly one JSON object on stdout instead of text (logs stay
+        /// on stderr).
         #[arg(long)]
         json: bool,
     },
@@ -76,6 +79,8 @@ pub enum Command {
     Run {
         #[command(flatten)]
         config: ConfigArg,
+        /// Print the report (with outcomes, requests and retries) as exactly one JSON object
+        /// on stdout instead of text, and draw no progress line.
         #[arg(long)]
         json: bool,
         /// Run even when a guard (max_deleted_percent, max_changed_percent) trips.
@@ -86,6 +91,8 @@ pub enum Command {
     History {
         #[command(flatten)]
         config: ConfigArg,
+        /// Print the stored reports as one JSON array on stdout, oldest first, instead of
+        /// one line per run.
         #[arg(long)]
         json: bool,
     },
@@ -95,7 +102,7 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Forget the snapshot so the next run sends every row.
+    /// Forget the snapshot so the next run sends every row; without --shard, every shard's too.
     Reset {
         #[command(flatten)]
         config: ConfigArg,
