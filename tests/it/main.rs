@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod diff;
 mod emulator;
+mod golden;
 mod input;
 mod object_store;
 mod reliability;
