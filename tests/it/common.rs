@@ -177,3 +177,98 @@ pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
 }
+
+/// Copies the folder `from` into `to`, recursively.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// Makes `dir` and every folder under it readable by its owner only, as a state folder
+/// must be (git and a plain copy keep no folder modes).
+pub fn chmod_700_tree(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            chmod_700_tree(&e.path());
+        }
+    }
+}
+
+/// The real binary's `voyado-sync emulator` as a child process on 127.0.0.1 (a free port),
+/// so a test depends on the emulator's command line only. Killed when dropped.
+pub struct EmulatorProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:<port>`, as the emulator printed it.
+    pub base_url: String,
+}
+
+impl EmulatorProcess {
+    /// Starts `voyado-sync emulator --api-key KEY ARGS...` and waits for its address.
+    pub fn start(api_key: &str, args: &[&str]) -> EmulatorProcess {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_voyado-sync"))
+            .args([
+                "emulator",
+                "-q",
+                "--listen",
+                "127.0.0.1:0",
+                "--api-key",
+                api_key,
+            ])
+            .args(args)
+            .env_remove("VOYADO_EMULATOR_API_KEY")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base_url = line.trim().to_string();
+        assert!(
+            base_url.starts_with("http://127.0.0.1:"),
+            "the emulator printed {line:?} instead of its address"
+        );
+        EmulatorProcess { child, base_url }
+    }
+
+    /// Stops it with SIGTERM, as Ctrl-C would, and waits: `--dump-on-exit` is written.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the emulator exited {status}");
+    }
+}
+
+impl Drop for EmulatorProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// This host's name as the state's lock file records it.
+pub fn lock_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}

@@ -7,6 +7,8 @@ mod cli;
 mod common;
 mod diff;
 mod emulator;
+mod exit_codes;
+mod golden;
 mod input;
 mod object_store;
 mod reliability;
