@@ -742,7 +742,7 @@ pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
             Ok(()) => datafusion.push((name, text)),
             Err(e) => problems.push(format!(
                 "[datafusion] {key}: {}",
-                crate::catalog::one_line(&e)
+                crate::error::one_line(&e)
             )),
         }
     }

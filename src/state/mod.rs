@@ -30,9 +30,9 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use crate::catalog::{one_line, redact, register_store, temp_view};
+use crate::catalog::{redact, register_store, temp_view};
 use crate::config::{Location, Settings};
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result, df_message, one_line};
 use crate::strings::{cast_columns, plain_fields, plain_type};
 pub use lock::Lock;
 pub use manifest::Manifest;
