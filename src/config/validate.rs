@@ -898,156 +898,192 @@ mode = "upsert"
         );
     }
 
-    // One table of cases, a line or two per message, so every section's refusals read
-    // together; split, it would only repeat the loop below.
+    // Two tables of cases, a line or so per message, so every section's refusals read
+    // together; split, each part would only repeat the loop below.
     #[test]
     fn each_section_names_the_key_at_fault() {
-        let cases: &[(String, &str)] = &[
+        // (text in `VALID`, its replacement, the start of the problem expected)
+        let replaced: &[(&str, &str, &str)] = &[
+            ("\"shop\"", "\"9shop\"", "name: \"9shop\" must start"),
             (
-                VALID.replace("\"shop\"", "\"9shop\""),
-                "name: \"9shop\" must start",
-            ),
-            (
-                VALID.replace("{ customers = ", "{ \"bad table\" = "),
+                "{ customers = ",
+                "{ \"bad table\" = ",
                 "[source] tables.bad table: not a valid SQL table name",
             ),
             (
-                VALID.replace("\"data/customers.parquet\"", "\"ftp://host/x\""),
+                "\"data/customers.parquet\"",
+                "\"ftp://host/x\"",
                 "[source] tables.customers: unsupported URL scheme ftp://",
             ),
             (
-                with("[model]", "query = \"q.sql\""),
-                "[model]: set either query or sql, not both",
-            ),
-            (
-                VALID.replace(
-                    "sql = \"SELECT * FROM customers\"",
-                    "query = \"missing.sql\"",
-                ),
+                "sql = \"SELECT * FROM customers\"",
+                "query = \"missing.sql\"",
                 "[model] query: cannot read /srv/sync/missing.sql",
             ),
             (
-                VALID.replace("https://tenant", "http://tenant"),
+                "https://tenant",
+                "http://tenant",
                 "[destination] url: http://tenant.voyado.com must use https",
             ),
             (
-                VALID.replace("voyado.com\"", "voyado.com/api\""),
+                "voyado.com\"",
+                "voyado.com/api\"",
                 "[destination] url: https://tenant.voyado.com/api must be the tenant's base URL",
             ),
             (
-                with("[destination]", "api_key_file = \"key.txt\""),
-                "[destination]: set either api_key_env or api_key_file, not both",
-            ),
-            (
-                with("[destination]", "contact_type = \" \""),
-                "[destination] contact_type: is empty",
-            ),
-            (
-                VALID.replace("key = \"email\"", "key = \"phone\""),
+                "key = \"email\"",
+                "key = \"phone\"",
                 "[identifier] key: \"phone\" is not one of contactId, email",
             ),
             (
-                VALID.replace("key = \"email\"", "key = \"contactId\""),
+                "key = \"email\"",
+                "key = \"contactId\"",
                 "[identifier] key: contactId cannot be used with mode \"upsert\"",
             ),
+        ];
+        // (section, lines added to it, the start of the problem expected)
+        let added: &[(&str, &str, &str)] = &[
             (
-                with("[identifier]", "contact_id_column = \"first_name\""),
+                "[model]",
+                "query = \"q.sql\"",
+                "[model]: set either query or sql, not both",
+            ),
+            (
+                "[destination]",
+                "api_key_file = \"key.txt\"",
+                "[destination]: set either api_key_env or api_key_file, not both",
+            ),
+            (
+                "[destination]",
+                "contact_type = \" \"",
+                "[destination] contact_type: is empty",
+            ),
+            (
+                "[identifier]",
+                "contact_id_column = \"first_name\"",
                 "[identifier] contact_id_column: column first_name is also mapped as an attribute",
             ),
             (
-                with("[identifier]", "contact_id_column = \"email\""),
+                "[identifier]",
+                "contact_id_column = \"email\"",
                 "[identifier] contact_id_column: must differ from column",
             ),
             (
-                with("[fields]", "email = \"email\""),
+                "[fields]",
+                "email = \"email\"",
                 "[fields] email: column email is the identifier column",
             ),
             (
-                with("[fields]", "points = \"contactType\""),
+                "[fields]",
+                "points = \"contactType\"",
                 "[fields] points: attribute contactType is managed by Voyado",
             ),
             (
-                with("[fields]", "nick = \"firstName\""),
+                "[fields]",
+                "nick = \"firstName\"",
                 "[fields] nick: columns first_name and nick both map to attribute firstName",
             ),
             (
-                with("[custom_attributes]", "columns = [\"first_name\"]"),
+                "[custom_attributes]",
+                "columns = [\"first_name\"]",
                 "[custom_attributes] columns: \"first_name\": column first_name is mapped twice",
             ),
             (
-                with("[sync]", "api = \"batch\""),
+                "[sync]",
+                "api = \"batch\"",
                 "[sync] api: \"batch\" is not one of \"single\", \"bulk\"",
             ),
             (
-                with("[sync]", "bulk_batch_size = 0"),
+                "[sync]",
+                "bulk_batch_size = 0",
                 "[sync] bulk_batch_size: 0 is not between 1 and 4000",
             ),
             (
-                with("[sync]", "checkpoint_secs = 0"),
+                "[sync]",
+                "checkpoint_secs = 0",
                 "[sync] checkpoint_secs: must be at least 1",
             ),
             (
-                with("[sync]", "lock_stale_secs = 0"),
+                "[sync]",
+                "lock_stale_secs = 0",
                 "[sync] lock_stale_secs: must be at least 1",
             ),
             (
-                with("[sync]", "state = \"ftp://host/state\""),
+                "[sync]",
+                "state = \"ftp://host/state\"",
                 "[sync] state: unsupported URL scheme ftp://",
             ),
             (
-                with("[limits]", "concurrency = 0"),
+                "[limits]",
+                "concurrency = 0",
                 "[limits] concurrency: must be at least 1",
             ),
             (
-                with("[limits]", "memory_limit_mb = 63"),
+                "[limits]",
+                "memory_limit_mb = 63",
                 "[limits] memory_limit_mb: must be at least 64",
             ),
             (
-                with("[warnings]", "max_rejected_percent = 101"),
+                "[warnings]",
+                "max_rejected_percent = 101",
                 "[warnings] max_rejected_percent: 101 is not a percentage between 0 and 100",
             ),
             (
-                with("[guards]", "max_changed_percent = -1"),
+                "[guards]",
+                "max_changed_percent = -1",
                 "[guards] max_changed_percent: -1 is not a percentage",
             ),
             (
-                with("[storage.\"https://host\"]", "region = \"eu\""),
+                "[storage.\"https://host\"]",
+                "region = \"eu\"",
                 "[storage.\"https://host\"]: not an object-store URL",
             ),
             (
-                with("[storage.\"s3://bucket\"]", "region = [\"eu\"]"),
+                "[storage.\"s3://bucket\"]",
+                "region = [\"eu\"]",
                 "[storage.\"s3://bucket\"] region: must be a string, number or boolean",
             ),
             (
-                with("[datafusion]", "\"execution.collect_statistics\" = true"),
+                "[datafusion]",
+                "\"execution.collect_statistics\" = true",
                 "[datafusion] execution.collect_statistics: cannot be set",
             ),
             (
-                with("[datafusion]", "\"execution.no_such_option\" = 1"),
+                "[datafusion]",
+                "\"execution.no_such_option\" = 1",
                 "[datafusion] execution.no_such_option: ",
             ),
             (
-                with("[engine]", "url = \"df://127.0.0.1:50050\""),
+                "[engine]",
+                "url = \"df://127.0.0.1:50050\"",
                 "[engine] url: only used with kind = \"ballista\"",
             ),
             (
-                with("[engine]", "kind = \"spark\""),
+                "[engine]",
+                "kind = \"spark\"",
                 "[engine] kind: \"spark\" is not",
             ),
             (
-                with("[model]", "partitions = 0"),
+                "[model]",
+                "partitions = 0",
                 "[model] partitions: 0 is out of range (1 to 256)",
             ),
             (
-                with(
-                    "[model]",
-                    "partitions = 2\npartition_keys = { orders = \"id\" }",
-                ),
+                "[model]",
+                "partitions = 2\npartition_keys = { orders = \"id\" }",
                 "[model] partition_keys.orders: no such table in [source] tables",
             ),
         ];
-        for (text, expected) in cases {
-            let problems = problems(text);
+        let texts = replaced
+            .iter()
+            .map(|(from, to, expected)| (VALID.replace(from, to), *expected))
+            .chain(
+                added
+                    .iter()
+                    .map(|(section, lines, expected)| (with(section, lines), *expected)),
+            );
+        for (text, expected) in texts {
+            let problems = problems(&text);
             assert!(
                 problems.iter().any(|p| p.starts_with(expected)),
                 "expected {expected:?} among {problems:?}"
