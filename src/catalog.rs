@@ -11,7 +11,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use object_store::ObjectStore;
 
 use crate::config::{Engine, Location, Settings};
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result, df_message, one_line};
 
 #[cfg(feature = "ballista")]
 pub mod ballista;
@@ -264,15 +264,6 @@ pub fn redact(url: &url::Url) -> String {
     let _ = u.set_username("");
     u.set_query(None);
     u.to_string()
-}
-
-pub fn one_line(e: &dyn std::fmt::Display) -> String {
-    e.to_string()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string()
 }
 
 /// Registers every configured source as a SQL table; errors name the table and location.

@@ -22,9 +22,8 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 
 use crate::catalog::ballista::{shared_functions, store_registry};
-use crate::catalog::one_line;
 use crate::config::Settings;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, one_line};
 
 /// The scheduler pushes tasks to executors; both sides must agree.
 const POLICY: TaskSchedulingPolicy = TaskSchedulingPolicy::PushStaged;

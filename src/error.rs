@@ -59,7 +59,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Turns a DataFusion error into a one-line message with the stage that failed.
 pub fn df_message(context: &str, err: &datafusion::error::DataFusionError) -> String {
-    let text = err.to_string();
-    let first = text.lines().next().unwrap_or("").trim();
-    format!("{context}: {first}")
+    format!("{context}: {}", one_line(err))
+}
+
+/// The first line of an error's text: nested causes and backtraces would break the
+/// one-line messages schedulers and log aggregators show.
+pub fn one_line(e: &dyn fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }

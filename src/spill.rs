@@ -139,7 +139,7 @@ fn io(what: &Path, e: impl std::fmt::Display) -> Error {
     Error::Storage(format!(
         "temporary file {}: {}",
         what.display(),
-        crate::catalog::one_line(&e)
+        crate::error::one_line(&e)
     ))
 }
 

@@ -12,7 +12,7 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjPath;
 
 use super::{IDENTIFIER, ROW_HASH, State};
-use crate::catalog::one_line;
+use crate::error::one_line;
 use crate::error::{Error, Result, df_message};
 use crate::strings::{cast_columns, plain_fields, plain_type};
 

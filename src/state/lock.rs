@@ -10,8 +10,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::one_line;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, one_line};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockInfo {

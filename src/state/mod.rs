@@ -33,9 +33,9 @@ use datafusion::prelude::SessionContext;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::catalog::{one_line, redact, register_store};
+use crate::catalog::{redact, register_store};
 use crate::config::{Location, Settings};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, one_line};
 pub use commit::{Checkpoints, Recorded, Recording, delta_batch, run_manifest};
 use files::{check_private, create_private_dir};
 pub use load::empty_snapshot;
