@@ -30,7 +30,7 @@ pub async fn check(target: impl Into<Target>) -> Result<CheckOutcome> {
     let mut columns = Vec::new();
     match crate::catalog::register_sources(&ctx, &settings).await {
         Err(e) => problems.push(e.to_string()),
-        Ok(()) => match crate::model::plan(&ctx, &settings).await {
+        Ok(()) => match crate::model::dataframe(&ctx, &settings).await {
             Err(e) => problems.push(e.to_string()),
             Ok(df) => {
                 let schema = df.schema().as_arrow().clone();
@@ -114,7 +114,7 @@ impl Prepared {
             Some(m) => Some((self.state.load(&self.ctx, m).await?, m)),
             None => None,
         };
-        let set = diff::plan(&self.ctx, &self.settings, snapshot, wide).await?;
+        let set = diff::change_set(&self.ctx, &self.settings, snapshot, wide).await?;
         Ok((set, manifest))
     }
 }
@@ -144,7 +144,7 @@ pub async fn model_only(target: impl Into<Target>) -> Result<(u64, u64)> {
     let state_rows = p.state.manifest().await?.map(|m| m.snapshot_rows);
     diff::size_session(&p.ctx, &p.settings, state_rows, false).await;
     let mut rows = 0u64;
-    let (slices, _files) = crate::model::plan_slices(&p.ctx, &p.settings).await?;
+    let (slices, _files) = crate::model::slices(&p.ctx, &p.settings).await?;
     for df in slices {
         let mut stream = df
             .execute_stream()
