@@ -12,10 +12,10 @@
 //! (`voyado_bucket`, see [`crate::spill`]) and each bucket is classified on its own files;
 //! under Ballista each bucket is a filtered query instead.
 //!
-//! [`change_set`] reads top to bottom: [`sizing`] says how many buckets, the model runs
-//! (in slices or whole), the state becomes its compact view ([`sql`]), and [`strategy`]
-//! picks one of three ways to classify: [`bucketed`] files, [`in_memory`] in one operator,
-//! or [`ballista`] queries per bucket. [`tally`] counts the result as it streams by.
+//! [`change_set`] reads top to bottom: `sizing` says how many buckets, the model runs
+//! (in slices or whole), the state becomes its compact view (`sql`), and `strategy`
+//! picks one of three ways to classify: `bucketed` files, `in_memory` in one operator,
+//! or `ballista` queries per bucket. `tally` counts the result as it streams by.
 
 mod ballista;
 mod bucketed;

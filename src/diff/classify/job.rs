@@ -37,6 +37,8 @@ pub(super) struct StateBatch {
     pub(super) statuses: Option<Strings>,
 }
 
+/// One execution of `ClassifyExec`: the model's held rows and both sides' partitions, then
+/// the join's matches and how far the output has got.
 pub(super) struct ClassifyJob {
     pub(super) key: Key,
     pub(super) cols: Columns,

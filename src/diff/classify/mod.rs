@@ -40,7 +40,7 @@ mod provider;
 
 pub use provider::Classified;
 
-/// Compact state columns, as `compact` in the diff names them.
+/// Compact state columns, as `sql::compact` in the diff names them.
 const S_ID: &str = "__s_id";
 const S_HASH: &str = "__s_hash";
 const S_CONTACT_ID: &str = "__s_contact_id";
