@@ -27,7 +27,7 @@ use crate::error::{Error, Result, df_message};
 
 /// Plans the model. Only queries are allowed: DDL, DML and statements (`SET`, ...) are
 /// refused, so a model cannot write anywhere or change the session.
-pub async fn plan(ctx: &SessionContext, settings: &Settings) -> Result<DataFrame> {
+pub async fn dataframe(ctx: &SessionContext, settings: &Settings) -> Result<DataFrame> {
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -41,13 +41,13 @@ pub async fn plan(ctx: &SessionContext, settings: &Settings) -> Result<DataFrame
 /// and the folder of the sources' slice files the frames read. Each keyed table is split
 /// once into per-slice files (one read of the source, where reading it again per slice
 /// would decode it `partitions` times); tables without a key are read whole by every slice.
-pub async fn plan_slices(
+pub async fn slices(
     ctx: &SessionContext,
     settings: &Settings,
 ) -> Result<(Vec<DataFrame>, Option<tempfile::TempDir>)> {
     let n = settings.slices.count;
     if n <= 1 {
-        return Ok((vec![plan(ctx, settings).await?], None));
+        return Ok((vec![dataframe(ctx, settings).await?], None));
     }
     let fail = |e: datafusion::error::DataFusionError| Error::Internal(df_message("slices", &e));
     let dir = crate::spill::temp_dir()?;
@@ -111,7 +111,7 @@ pub async fn plan_slices(
             let part = crate::spill::read(ctx, &paths[p]).await.map_err(fail)?;
             replace_table(ctx, table, part.into_view()).map_err(fail)?;
         }
-        frames.push(plan(ctx, settings).await?);
+        frames.push(dataframe(ctx, settings).await?);
     }
     Ok((frames, Some(dir)))
 }
@@ -132,7 +132,7 @@ async fn read_columns(
     use datafusion::common::TableReference;
     use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::logical_expr::LogicalPlan;
-    let planned = plan(ctx, settings).await?;
+    let planned = dataframe(ctx, settings).await?;
     let output = planned.schema().as_arrow().clone();
     let Ok(optimized) = planned.into_optimized_plan() else {
         return Ok(BTreeMap::new());
@@ -183,7 +183,7 @@ async fn read_columns(
             return Ok(BTreeMap::new());
         }
     }
-    match plan(ctx, settings).await {
+    match dataframe(ctx, settings).await {
         Ok(df) if *df.schema().as_arrow() == output => {
             Ok(narrowed.into_iter().map(|(t, _, cols)| (t, cols)).collect())
         }

@@ -23,7 +23,7 @@ pub async fn check(target: impl Into<Target>) -> Result<CheckOutcome> {
     let mut columns = Vec::new();
     match crate::catalog::register_sources(&ctx, &settings).await {
         Err(e) => problems.push(e.to_string()),
-        Ok(()) => match crate::model::plan(&ctx, &settings).await {
+        Ok(()) => match crate::model::dataframe(&ctx, &settings).await {
             Err(e) => problems.push(e.to_string()),
             Ok(df) => {
                 let schema = df.schema().as_arrow().clone();

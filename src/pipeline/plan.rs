@@ -33,7 +33,7 @@ pub async fn model_only(target: impl Into<Target>) -> Result<(u64, u64)> {
     let state_rows = p.state.manifest().await?.map(|m| m.snapshot_rows);
     diff::size_session(&p.ctx, &p.settings, state_rows, false).await;
     let mut rows = 0u64;
-    let (slices, _files) = crate::model::plan_slices(&p.ctx, &p.settings).await?;
+    let (slices, _files) = crate::model::slices(&p.ctx, &p.settings).await?;
     for df in slices {
         let mut stream = df
             .execute_stream()

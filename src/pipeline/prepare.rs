@@ -71,7 +71,7 @@ impl Prepared {
             Some(m) => Some((self.state.load(&self.ctx, m).await?, m)),
             None => None,
         };
-        let set = diff::plan(&self.ctx, &self.settings, snapshot, wide).await?;
+        let set = diff::change_set(&self.ctx, &self.settings, snapshot, wide).await?;
         Ok((set, manifest))
     }
 }

@@ -490,11 +490,7 @@ fn a_failed_sliced_plan_restores_the_source_tables() {
             .await
             .unwrap();
         settings.model_sql = "SELECT * FROM t WHERE no_such_column = 1".into();
-        assert!(
-            voyado_sync::model::plan_slices(&ctx, &settings)
-                .await
-                .is_err()
-        );
+        assert!(voyado_sync::model::slices(&ctx, &settings).await.is_err());
         let whole = ctx.table("t").await.unwrap().count().await.unwrap();
         assert_eq!(whole, 40);
     });
