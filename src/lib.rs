@@ -14,7 +14,6 @@
 //! - [`state`]: snapshot, deltas, manifest and lock on a folder or object store.
 //! - [`sink`]: the Voyado Engage client, payload encoding and per-row decisions.
 //! - [`runner`]: one `run`, from the diff to the committed snapshot.
-//! - [`emulator`]: a strict local Voyado Engage stand-in for tests and the demo.
 //! - [`commands`]: `check`, `plan`, `baseline`, `reset`; [`report`]: what they print.
 //! - `cluster` (feature `ballista`): a Ballista scheduler or executor with the crate's
 //!   functions and object stores, for `[engine] kind = "ballista"`.
@@ -27,7 +26,6 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod diff;
-pub mod emulator;
 pub mod error;
 pub mod identity;
 pub mod model;
