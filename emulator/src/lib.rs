@@ -9,9 +9,10 @@
 //! with [`run_cli`] (`voyado-sync emulator`); see the README's emulator section.
 //!
 //! It is a crate of its own, not a module of voyado-sync, because it shares no code with
-//! the sync: the compiler then keeps the sync from reaching into the emulator's internals
-//! (a test passing because both sides share a helper would prove nothing) and the emulator
-//! from reaching into the sync's, and the emulator builds in seconds, without DataFusion.
+//! the sync: as a crate, the compiler keeps the sync from reaching into the emulator's
+//! internals (a test passing because both sides share a helper would prove nothing) and
+//! the emulator from reaching into the sync's, and the emulator and its own tests build
+//! without DataFusion.
 
 mod attributes;
 mod bulk;
