@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use voyado_sync::emulator::{Emulator, EmulatorConfig, Endpoint, Faults, RateLimit};
+use voyado_emulator::{Emulator, EmulatorConfig, Endpoint, Faults, RateLimit};
 use voyado_sync::sink::voyado::{ApiKey, Client};
 
 fn settings(url: &str, rps: u32, concurrency: u32) -> voyado_sync::config::Settings {

@@ -108,7 +108,7 @@ pub enum Command {
         config: ConfigArg,
     },
     /// Run a strict local Voyado Engage emulator (prints its address; stops on Ctrl-C).
-    Emulator(Box<crate::emulator::EmulatorArgs>),
+    Emulator(Box<voyado_emulator::EmulatorArgs>),
     /// Run a Ballista scheduler for syncs with `[engine] kind = "ballista"` (stops on Ctrl-C).
     #[cfg(feature = "ballista")]
     BallistaScheduler {

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use crate::emulator::{Emulator, EmulatorConfig, Endpoint};
+use voyado_emulator::{Emulator, EmulatorConfig, Endpoint};
+
 use crate::error::{Error, Result, exit};
 use crate::pipeline::{RunOptions, run};
 

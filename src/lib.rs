@@ -18,7 +18,8 @@
 //! - [`pipeline`]: one file per command (`check`, `plan`, `baseline`, `run`, `reset`,
 //!   `history`), the only place that strings the stages together; [`report`]: what they
 //!   print.
-//! - [`emulator`]: a strict local Voyado Engage stand-in for tests and the demo.
+//! The Voyado Engage emulator that tests and `demo` run against is its own crate,
+//! `voyado-emulator` (folder `emulator/`), sharing no code with this one.
 //! - `cluster` (feature `ballista`): a Ballista scheduler or executor with the crate's
 //!   functions and object stores, for `[engine] kind = "ballista"`.
 
@@ -29,7 +30,6 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod diff;
-pub mod emulator;
 pub mod error;
 pub mod identity;
 pub mod model;

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use voyado_emulator::CliError;
 use voyado_sync::cli::{Cli, Command};
 use voyado_sync::error::{Error, exit};
 use voyado_sync::pipeline;
@@ -20,7 +21,7 @@ fn init_logging(cli: &Cli) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("VOYADO_SYNC_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(format!(
-                "warn,voyado_sync={default},voyado_sync_cli={default}{cluster}"
+                "warn,voyado_sync={default},voyado_sync_cli={default},voyado_emulator={default}{cluster}"
             ))
         });
     tracing_subscriber::fmt()
@@ -118,7 +119,13 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             }
             Ok(exit::OK)
         }
-        Command::Emulator(args) => voyado_sync::emulator::run_cli(*args).await,
+        Command::Emulator(args) => {
+            voyado_emulator::run_cli(*args).await.map_err(|e| match e {
+                CliError::Input(e) => Error::Input(e.to_string()),
+                CliError::Storage(e) => Error::Storage(e.to_string()),
+            })?;
+            Ok(exit::OK)
+        }
         #[cfg(feature = "ballista")]
         Command::BallistaScheduler { bind, config } => {
             let settings = config

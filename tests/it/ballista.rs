@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
-use voyado_sync::emulator::Emulator;
+use voyado_emulator::Emulator;
 
 use crate::common::{
     Sync, cli_async, counts, free_port, json as parse, wait_for_port, write_parquet,

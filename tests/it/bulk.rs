@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use voyado_sync::emulator::{Deletion, Emulator, EmulatorConfig, Endpoint, Faults, RateLimit};
+use voyado_emulator::{Deletion, Emulator, EmulatorConfig, Endpoint, Faults, RateLimit};
 
 use crate::common::{Sync, cli, json as parse};
 use crate::diff::{Row, batch};

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
-use voyado_sync::emulator::{
+use voyado_emulator::{
     BatchKind, BatchStatus, CreatedBy, Deletion, Dump, Emulator, EmulatorConfig, Endpoint, Faults,
     RateLimit, ViolationKind,
 };

@@ -2,7 +2,7 @@
 //! documented per-row outcome), a documented exit code, nothing sent where the run cannot be
 //! trusted, and the previous state untouched.
 
-use voyado_sync::emulator::Emulator;
+use voyado_emulator::Emulator;
 
 use crate::common::{Sync, cli, counts, json as parse, write_parquet};
 use crate::diff::{MAPPING, batch};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use voyado_sync::emulator::{Emulator, Endpoint};
+use voyado_emulator::{Emulator, Endpoint};
 
 use crate::common::{Sync, json as parse};
 use crate::diff::{MAPPING, Row, batch};

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use voyado_sync::emulator::{Emulator, EmulatorConfig, Endpoint, Faults, RateLimit};
+use voyado_emulator::{Emulator, EmulatorConfig, Endpoint, Faults, RateLimit};
 
 use crate::common::{Sync, cli, cli_async, json as parse, serve};
 use crate::diff::{MAPPING, Row, batch};

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use voyado_sync::emulator::{Emulator, Endpoint};
+use voyado_emulator::{Emulator, Endpoint};
 
 use crate::common::{Output, Sync, cli_async, json as parse};
 use crate::diff::{Row, batch};

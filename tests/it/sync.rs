@@ -2,7 +2,7 @@
 //! emulator's final contacts and zero protocol violations.
 
 use serde_json::{Value, json};
-use voyado_sync::emulator::{Deletion, Emulator, EmulatorConfig, Endpoint, Faults};
+use voyado_emulator::{Deletion, Emulator, EmulatorConfig, Endpoint, Faults};
 
 use crate::common::{Output, Sync, cli, cli_async, json as parse};
 use crate::diff::{MAPPING, Row, batch};
@@ -372,7 +372,7 @@ async fn rate_limits_and_server_errors_are_retried() {
     c.faults = Faults {
         seed: 11,
         error_rate: 0.3,
-        rate_limit: Some(voyado_sync::emulator::RateLimit {
+        rate_limit: Some(voyado_emulator::RateLimit {
             requests: 5,
             window: std::time::Duration::from_millis(500),
             retry_after_secs: None,

@@ -10,7 +10,6 @@ use serde_json::{Map, Value};
 use super::{
     ApiKey, ContactTypeConfig, Dump, Emulator, EmulatorConfig, EmulatorError, Faults, RateLimit,
 };
-use crate::error::{Error, exit};
 
 /// Flags of `voyado-sync emulator`.
 #[derive(Debug, Args)]
@@ -144,10 +143,25 @@ impl EmulatorArgs {
     }
 }
 
-fn to_error(e: EmulatorError) -> Error {
-    match e {
-        EmulatorError::Dump { .. } => Error::Storage(e.to_string()),
-        _ => Error::Input(e.to_string()),
+/// Why `voyado-sync emulator` stopped with an error. The binary reports the two kinds as
+/// its own input and storage errors, so the process exits 2 or 4 as the sync does for the
+/// same kind of failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A flag, the seed file or the configuration is unusable; nothing was served.
+    #[error(transparent)]
+    Input(EmulatorError),
+    /// The dump could not be written on exit.
+    #[error(transparent)]
+    Storage(EmulatorError),
+}
+
+impl From<EmulatorError> for CliError {
+    fn from(e: EmulatorError) -> Self {
+        match e {
+            EmulatorError::Dump { .. } => CliError::Storage(e),
+            _ => CliError::Input(e),
+        }
     }
 }
 
@@ -176,20 +190,20 @@ fn stop_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Sen
 }
 
 /// Runs the emulator until Ctrl-C or SIGTERM. Prints its base URL as the first stdout line.
-pub async fn run_cli(args: EmulatorArgs) -> Result<u8, Error> {
-    let config = args.into_config().map_err(to_error)?;
-    let emulator = Emulator::start(config).await.map_err(to_error)?;
+pub async fn run_cli(args: EmulatorArgs) -> Result<(), CliError> {
+    let config = args.into_config()?;
+    let emulator = Emulator::start(config).await?;
     let stop = stop_signal();
     println!("{}", emulator.base_url());
     stop.await;
-    let dump = emulator.shutdown().await.map_err(to_error)?;
+    let dump = emulator.shutdown().await?;
     eprintln!(
         "emulator stopped: {} contacts, {} requests, {} violations",
         dump.contacts.len(),
         dump.request_total,
         dump.violation_total
     );
-    Ok(exit::OK)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,14 @@
 //! Content-Type, unknown attributes silently dropped, `""` and `null` overwriting, bulk
 //! batches applied some time after they were accepted), records
 //! every request and every protocol mistake ([`ViolationKind`]), and injects faults on
-//! demand from a seed ([`Faults`]). Start it with [`Emulator::start`]; see the README's emulator section.
+//! demand from a seed ([`Faults`]). Start it with [`Emulator::start`], or as a process
+//! with [`run_cli`] (`voyado-sync emulator`); see the README's emulator section.
+//!
+//! It is a crate of its own, not a module of voyado-sync, because it shares no code with
+//! the sync: as a crate, the compiler keeps the sync from reaching into the emulator's
+//! internals (a test passing because both sides share a helper would prove nothing) and
+//! the emulator from reaching into the sync's, and the emulator and its own tests build
+//! without DataFusion.
 
 mod attributes;
 mod bulk;
@@ -29,7 +36,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use bulk::{BatchInfo, BatchKind, BatchStatus, ItemError, MAX_ITEMS};
-pub use cli::{EmulatorArgs, run_cli};
+pub use cli::{CliError, EmulatorArgs, run_cli};
 pub use config::{ApiKey, ContactTypeConfig, EmulatorConfig, Faults, RateLimit};
 pub use faults::InjectedFaults;
 pub use state::{Contact, CreatedBy, Dump, Endpoint, RequestCounts};

@@ -382,7 +382,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::emulator::config::EmulatorConfig;
+    use crate::config::EmulatorConfig;
 
     fn tenant(delay_ms: u64) -> Tenant {
         let mut config = EmulatorConfig::new("k");
