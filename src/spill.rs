@@ -1,6 +1,7 @@
 //! Buckets on disk: rows routed by a hash into one Arrow IPC file per bucket, so that each
-//! bucket's classification reads only its own rows and holds only its own hash tables (DataFusion 55's hash join does not spill). The model's sources are split by
-//! slice key this way, and the model's rows and the state by identifier.
+//! bucket's classification reads only its own rows and holds only its own hash tables
+//! (DataFusion 55's hash join does not spill). The model's sources are split by slice key
+//! this way, and the model's rows and the state by identifier.
 
 use std::fs::File;
 use std::io::BufWriter;
