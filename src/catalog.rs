@@ -154,42 +154,8 @@ pub async fn source_bytes(ctx: &SessionContext, settings: &Settings) -> Option<u
     Some(total)
 }
 
-/// The crate's scalar functions (identity rules, row hash).
-pub fn functions() -> Vec<datafusion::logical_expr::ScalarUDF> {
-    crate::identity::udf::all()
-        .into_iter()
-        .chain(crate::diff::row_hash::all())
-        .chain(crate::model::functions())
-        .collect()
-}
-
-/// Calls a scalar function directly on arrays, as a plan would (for unit tests).
-#[cfg(test)]
-pub(crate) fn call_udf(
-    udf: datafusion::logical_expr::ScalarUDF,
-    args: Vec<datafusion::logical_expr::ColumnarValue>,
-    rows: usize,
-) -> datafusion::arrow::array::ArrayRef {
-    use datafusion::arrow::datatypes::Field;
-    let types: Vec<_> = args.iter().map(|a| a.data_type()).collect();
-    let returns = udf.return_type(&types).unwrap();
-    udf.invoke_with_args(datafusion::logical_expr::ScalarFunctionArgs {
-        arg_fields: types
-            .into_iter()
-            .map(|t| Arc::new(Field::new("x", t, true)))
-            .collect(),
-        args,
-        number_rows: rows,
-        return_field: Arc::new(Field::new("out", returns, true)),
-        config_options: Arc::new(Default::default()),
-    })
-    .unwrap()
-    .into_array(rows)
-    .unwrap()
-}
-
 fn register_functions(ctx: &SessionContext) {
-    for udf in functions() {
+    for udf in crate::functions::all() {
         ctx.register_udf(udf);
     }
 }

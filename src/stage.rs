@@ -144,7 +144,7 @@ pub async fn stage(
     let stage1 = temp_view(ctx, "stage1", staged).map_err(fail)?;
     let state_cols = set.state.schema().as_arrow().clone();
     let state_view = temp_view(ctx, "stage_state", set.state.clone()).map_err(fail)?;
-    let value_key = crate::diff::row_hash::VALUE_KEY;
+    let value_key = crate::functions::row_hash::VALUE_KEY;
     let mut stored = vec![quote(state::IDENTIFIER)];
     let mut tests = Vec::new();
     for m in &settings.attributes {

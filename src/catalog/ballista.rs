@@ -43,7 +43,7 @@ pub fn client_session(
 /// The crate's functions as the scheduler and executors register them (looked up by name
 /// when they decode plans).
 pub fn shared_functions() -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
-    super::functions().into_iter().map(Arc::new).collect()
+    crate::functions::all().into_iter().map(Arc::new).collect()
 }
 
 /// A registry with a store for every object-store location of the sync (sources and

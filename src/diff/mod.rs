@@ -21,7 +21,6 @@ mod ballista;
 mod bucketed;
 mod classify;
 mod in_memory;
-pub mod row_hash;
 mod sizing;
 mod sql;
 mod strategy;
@@ -42,6 +41,7 @@ use strategy::{Inputs, Strategy};
 pub use tally::{Tally, log_metrics, summarize};
 
 use crate::config::Settings;
+use crate::functions::row_hash;
 use crate::error::{Error, Result, df_message};
 use crate::state::{self, Manifest, quote};
 

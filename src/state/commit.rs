@@ -111,7 +111,7 @@ pub fn delta_batch<O: Recorded>(
 fn new_manifest(fields: &NewSnapshot) -> Manifest {
     Manifest {
         format_version: manifest::FORMAT_VERSION,
-        hash_version: diff::row_hash::HASH_VERSION,
+        hash_version: crate::functions::row_hash::HASH_VERSION,
         generation: 0,
         identifier_key: fields.identifier_key.clone(),
         attributes: fields.attributes.clone(),
@@ -274,7 +274,7 @@ impl State {
             .map(|a| a.attribute.as_str())
             .filter(|a| schema.field_with_name(a).is_ok())
             .collect();
-        let hash = diff::row_hash::sql_call(present.iter().map(|a| (*a, quote(a))));
+        let hash = crate::functions::row_hash::sql_call(present.iter().map(|a| (*a, quote(a))));
         let mut cols = vec![
             quote(IDENTIFIER),
             quote(CONTACT_ID),
@@ -412,7 +412,7 @@ mod tests {
         assert_eq!(m.generation, 0);
         assert!(m.snapshot.is_empty() && m.deltas.is_empty());
         assert_eq!(m.format_version, manifest::FORMAT_VERSION);
-        assert_eq!(m.hash_version, diff::row_hash::HASH_VERSION);
+        assert_eq!(m.hash_version, crate::functions::row_hash::HASH_VERSION);
         assert_eq!(m.identifier_key, "email");
         assert_eq!(m.run_id, "run-1");
         assert_eq!(m.attributes, BTreeMap::from([("a".into(), "text".into())]));

@@ -158,7 +158,7 @@ pub fn empty_snapshot(ctx: &SessionContext) -> datafusion::error::Result<DataFra
         Field::new(STATUS, DataType::Utf8, true),
         Field::new(
             ROW_HASH,
-            DataType::FixedSizeBinary(crate::diff::row_hash::HASH_BYTES),
+            DataType::FixedSizeBinary(crate::functions::row_hash::HASH_BYTES),
             true,
         ),
     ];
