@@ -9,6 +9,8 @@
 //! - [`identity`]: identifier normalisation and validity rules, also as SQL functions.
 //! - [`functions`]: the crate's SQL functions (identity rules, row hash, slice key), the
 //!   one list every session and Ballista executor registers.
+//! - [`columns`]: the change set's column names and kinds, shared by the stages that
+//!   write and read it.
 //! - [`diff`]: joins of the model's rows with the state on the normalised identifier,
 //!   classifying every row as new, changed, unchanged, deleted or invalid.
 //! - [`spill`]: rows routed by a hash into per-bucket files, for a model or a diff larger
@@ -20,15 +22,17 @@
 //! - [`pipeline`]: one file per command (`check`, `plan`, `baseline`, `run`, `reset`,
 //!   `history`), the only place that strings the stages together; [`report`]: what they
 //!   print.
-//! The Voyado Engage emulator that tests and `demo` run against is its own crate,
-//! `voyado-emulator` (folder `emulator/`), sharing no code with this one.
 //! - `cluster` (feature `ballista`): a Ballista scheduler or executor with the crate's
 //!   functions and object stores, for `[engine] kind = "ballista"`.
+//!
+//! The Voyado Engage emulator that tests and `demo` run against is its own crate,
+//! `voyado-emulator` (folder `emulator/`), sharing no code with this one.
 
 pub mod catalog;
 pub mod cli;
 #[cfg(feature = "ballista")]
 pub mod cluster;
+pub mod columns;
 pub mod config;
 pub mod demo;
 pub mod diff;

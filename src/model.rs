@@ -16,9 +16,9 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, ident, lit};
 
 use crate::config::Settings;
-use crate::functions::slice::{SLICE, slice_key_type};
-use crate::functions::row_hash;
 use crate::error::{Error, Result, df_message};
+use crate::functions::row_hash;
+use crate::functions::slice::{SLICE, slice_key_type};
 
 /// Plans the model. Only queries are allowed: DDL, DML and statements (`SET`, ...) are
 /// refused, so a model cannot write anywhere or change the session.

@@ -12,12 +12,12 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use object_store::ObjectStoreExt;
 
 use super::{
-    CONTACT_ID, DELIVERED, IDENTIFIER, Manifest, NOT_FOUND, NewSnapshot, OP, REJECTED, ROW_HASH,
-    STATUS, State, manifest, quote, storage,
+    CONTACT_ID, IDENTIFIER, Manifest, NewSnapshot, OP, ROW_HASH, STATUS, SnapshotStatus, State,
+    manifest, quote, storage,
 };
 use crate::catalog::temp_view;
+use crate::columns::{ChangeKind, KIND, string_column};
 use crate::config::Settings;
-use crate::diff::{self, CHANGED, KIND, NEW, UNCHANGED};
 use crate::error::{Error, Result, df_message};
 
 /// What a delta records of one row the sink answered.
@@ -63,23 +63,24 @@ pub fn delta_batch<O: Recorded>(
             .ok_or_else(|| Error::Internal(format!("staged change set has no column {name}")))
     };
     let indices = UInt32Array::from_iter_values(recorded.iter().map(|(i, _)| *i as u32));
-    let prev_ids = diff::string_column(staged, CONTACT_ID)?;
+    let prev_ids = string_column(staged, CONTACT_ID)?;
     let mut ids = Vec::with_capacity(recorded.len());
     let mut statuses = Vec::with_capacity(recorded.len());
     let mut ops = Vec::with_capacity(recorded.len());
+    use SnapshotStatus::{Delivered, NotFound, Rejected};
     for (i, r) in &recorded {
         let prev = prev_ids
             .is_valid(*i)
             .then(|| prev_ids.value(*i).to_string());
         let (id, status, op) = match r {
-            Recording::Created(id) => (id.map(str::to_string), DELIVERED, "upsert"),
-            Recording::Delivered(id) => (id.map(str::to_string).or(prev), DELIVERED, "upsert"),
-            Recording::NotFound => (None, NOT_FOUND, "upsert"),
-            Recording::Rejected => (prev, REJECTED, "upsert"),
-            Recording::Deleted => (prev, DELIVERED, "delete"),
+            Recording::Created(id) => (id.map(str::to_string), Delivered, "upsert"),
+            Recording::Delivered(id) => (id.map(str::to_string).or(prev), Delivered, "upsert"),
+            Recording::NotFound => (None, NotFound, "upsert"),
+            Recording::Rejected => (prev, Rejected, "upsert"),
+            Recording::Deleted => (prev, Delivered, "delete"),
         };
         ids.push(id);
-        statuses.push(Some(status));
+        statuses.push(Some(status.as_str()));
         ops.push(Some(op));
     }
     let mut fields = Vec::new();
@@ -300,7 +301,7 @@ impl State {
         let mut cols = vec![
             quote(IDENTIFIER),
             quote(CONTACT_ID),
-            format!("'{DELIVERED}' AS {}", quote(STATUS)),
+            format!("'{}' AS {}", SnapshotStatus::Delivered, quote(STATUS)),
             quote(ROW_HASH),
         ];
         cols.extend(settings.attributes.iter().map(|m| quote(&m.attribute)));
@@ -310,8 +311,11 @@ impl State {
                 .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
             let df = ctx
                 .sql(&format!(
-                    "SELECT {} FROM {name} WHERE {KIND} IN ('{NEW}', '{CHANGED}', '{UNCHANGED}')",
-                    cols.join(", ")
+                    "SELECT {} FROM {name} WHERE {KIND} IN ('{}', '{}', '{}')",
+                    cols.join(", "),
+                    ChangeKind::New,
+                    ChangeKind::Changed,
+                    ChangeKind::Unchanged,
                 ))
                 .await
                 .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
@@ -519,12 +523,12 @@ mod tests {
         assert_eq!(
             strings(&delta, STATUS),
             s(&[
-                Some(DELIVERED),
-                Some(DELIVERED),
-                Some(DELIVERED),
-                Some(NOT_FOUND),
-                Some(REJECTED),
-                Some(DELIVERED)
+                Some("delivered"),
+                Some("delivered"),
+                Some("delivered"),
+                Some("not_found"),
+                Some("rejected"),
+                Some("delivered")
             ])
         );
         assert_eq!(

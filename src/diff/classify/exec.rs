@@ -24,8 +24,8 @@ use super::{
     COL_IDENTIFIER, COL_KNOWN, COL_RAW, COL_ROW_HASH, FIXED_COLUMNS, S_CONTACT_ID, S_HASH, S_ID,
     S_STATUS, wanted_state,
 };
+use crate::columns::{KNOWN_CONTACT_ID, RAW_IDENTIFIER};
 use crate::config::Key;
-use crate::diff::{KNOWN_CONTACT_ID, RAW_IDENTIFIER};
 use crate::state;
 
 /// Where the operator finds its input columns.

@@ -14,8 +14,8 @@ use super::exec::ClassifyExec;
 use super::job::ClassifyJob;
 use super::provider::output_schema;
 use super::{S_CONTACT_ID, S_HASH, S_ID, S_STATUS};
+use crate::columns::{KNOWN_CONTACT_ID, RAW_IDENTIFIER};
 use crate::config::Key;
-use crate::diff::{KNOWN_CONTACT_ID, RAW_IDENTIFIER};
 use crate::state;
 use crate::strings::Strings;
 
