@@ -31,11 +31,13 @@ pub fn session(settings: &Settings) -> Result<SessionContext> {
                 .with_physical_optimizer_rules(physical_rules())
                 .build();
             let ctx = SessionContext::new_with_state(state);
-            register_functions(&ctx);
+            crate::functions::register(&ctx);
             Ok(ctx)
         }
         #[cfg(feature = "ballista")]
-        Engine::Ballista { url } => ballista::client_session(url, runtime, settings),
+        Engine::Ballista { url } => {
+            ballista::client_session(url, runtime, |config| tune(config, settings))
+        }
         #[cfg(not(feature = "ballista"))]
         Engine::Ballista { .. } => Err(Error::config(
             "[engine] kind = \"ballista\": this voyado-sync was built without the `ballista` feature (build it with --features ballista)",
@@ -152,12 +154,6 @@ pub async fn source_bytes(ctx: &SessionContext, settings: &Settings) -> Option<u
         }
     }
     Some(total)
-}
-
-fn register_functions(ctx: &SessionContext) {
-    for udf in crate::functions::all() {
-        ctx.register_udf(udf);
-    }
 }
 
 /// Builds the object store for a bucket/container URL from the environment's usual

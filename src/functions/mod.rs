@@ -17,6 +17,13 @@ pub fn all() -> Vec<ScalarUDF> {
         .collect()
 }
 
+/// Registers every scalar function of the crate on `ctx`.
+pub fn register(ctx: &datafusion::prelude::SessionContext) {
+    for udf in all() {
+        ctx.register_udf(udf);
+    }
+}
+
 /// Calls a scalar function directly on arrays, as a plan would (for unit tests).
 #[cfg(test)]
 pub(crate) fn call_udf(

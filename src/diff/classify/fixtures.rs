@@ -112,5 +112,5 @@ pub(super) fn job(projection: Option<Vec<usize>>, expected: usize) -> ClassifyJo
     .unwrap();
     let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
     let reservation = MemoryConsumer::new("test").register(&pool);
-    ClassifyJob::new(&exec, 0, reservation, 1)
+    ClassifyJob::new(exec.spec(), 0, reservation, 1)
 }
