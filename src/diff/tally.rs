@@ -143,6 +143,22 @@ mod tests {
     use super::*;
     use crate::diff::Counts;
 
+    /// Reports (and `history`, reading old ones) name each count as its kind is stored.
+    #[test]
+    fn each_kind_is_counted_under_its_name() {
+        let json = serde_json::to_value(Counts::default()).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut names = ChangeKind::ALL.map(ChangeKind::as_str);
+        keys.sort_unstable();
+        names.sort_unstable();
+        assert_eq!(keys, names);
+    }
+
     #[test]
     fn tallies_merge_in_bucket_order_keeping_the_first_samples() {
         let sample = |id: &str| Sample {

@@ -12,8 +12,8 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use object_store::ObjectStoreExt;
 
 use super::{
-    CONTACT_ID, IDENTIFIER, Manifest, NewSnapshot, OP, ROW_HASH, STATUS, SnapshotStatus, State,
-    manifest, quote, storage,
+    CONTACT_ID, DeltaOp, IDENTIFIER, Manifest, NewSnapshot, OP, ROW_HASH, STATUS, SnapshotStatus,
+    State, manifest, quote, storage,
 };
 use crate::catalog::temp_view;
 use crate::columns::{ChangeKind, KIND, string_column};
@@ -67,21 +67,22 @@ pub fn delta_batch<O: Recorded>(
     let mut ids = Vec::with_capacity(recorded.len());
     let mut statuses = Vec::with_capacity(recorded.len());
     let mut ops = Vec::with_capacity(recorded.len());
+    use DeltaOp::{Delete, Upsert};
     use SnapshotStatus::{Delivered, NotFound, Rejected};
     for (i, r) in &recorded {
         let prev = prev_ids
             .is_valid(*i)
             .then(|| prev_ids.value(*i).to_string());
         let (id, status, op) = match r {
-            Recording::Created(id) => (id.map(str::to_string), Delivered, "upsert"),
-            Recording::Delivered(id) => (id.map(str::to_string).or(prev), Delivered, "upsert"),
-            Recording::NotFound => (None, NotFound, "upsert"),
-            Recording::Rejected => (prev, Rejected, "upsert"),
-            Recording::Deleted => (prev, Delivered, "delete"),
+            Recording::Created(id) => (id.map(str::to_string), Delivered, Upsert),
+            Recording::Delivered(id) => (id.map(str::to_string).or(prev), Delivered, Upsert),
+            Recording::NotFound => (None, NotFound, Upsert),
+            Recording::Rejected => (prev, Rejected, Upsert),
+            Recording::Deleted => (prev, Delivered, Delete),
         };
         ids.push(id);
         statuses.push(Some(status.as_str()));
-        ops.push(Some(op));
+        ops.push(Some(op.as_str()));
     }
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();

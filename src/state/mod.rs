@@ -90,6 +90,31 @@ impl std::fmt::Display for SnapshotStatus {
     }
 }
 
+/// What a delta row does to its identifier's snapshot row. Stored in `_op` as
+/// [`DeltaOp::as_str`]; the latest delta row of an identifier wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeltaOp {
+    /// The row, as the delta holds it, replaces the snapshot's.
+    Upsert,
+    /// The row leaves the snapshot.
+    Delete,
+}
+
+impl DeltaOp {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeltaOp::Upsert => "upsert",
+            DeltaOp::Delete => "delete",
+        }
+    }
+}
+
+impl std::fmt::Display for DeltaOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct State {
     store: Arc<dyn ObjectStore>,
