@@ -31,11 +31,13 @@ pub fn session(settings: &Settings) -> Result<SessionContext> {
                 .with_physical_optimizer_rules(physical_rules())
                 .build();
             let ctx = SessionContext::new_with_state(state);
-            register_functions(&ctx);
+            crate::functions::register(&ctx);
             Ok(ctx)
         }
         #[cfg(feature = "ballista")]
-        Engine::Ballista { url } => ballista::client_session(url, runtime, settings),
+        Engine::Ballista { url } => {
+            ballista::client_session(url, runtime, |config| tune(config, settings))
+        }
         #[cfg(not(feature = "ballista"))]
         Engine::Ballista { .. } => Err(Error::config(
             "[engine] kind = \"ballista\": this voyado-sync was built without the `ballista` feature (build it with --features ballista)",
@@ -152,46 +154,6 @@ pub async fn source_bytes(ctx: &SessionContext, settings: &Settings) -> Option<u
         }
     }
     Some(total)
-}
-
-/// The crate's scalar functions (identity rules, row hash).
-pub fn functions() -> Vec<datafusion::logical_expr::ScalarUDF> {
-    crate::identity::udf::all()
-        .into_iter()
-        .chain(crate::diff::row_hash::all())
-        .chain(crate::model::functions())
-        .collect()
-}
-
-/// Calls a scalar function directly on arrays, as a plan would (for unit tests).
-#[cfg(test)]
-pub(crate) fn call_udf(
-    udf: datafusion::logical_expr::ScalarUDF,
-    args: Vec<datafusion::logical_expr::ColumnarValue>,
-    rows: usize,
-) -> datafusion::arrow::array::ArrayRef {
-    use datafusion::arrow::datatypes::Field;
-    let types: Vec<_> = args.iter().map(|a| a.data_type()).collect();
-    let returns = udf.return_type(&types).unwrap();
-    udf.invoke_with_args(datafusion::logical_expr::ScalarFunctionArgs {
-        arg_fields: types
-            .into_iter()
-            .map(|t| Arc::new(Field::new("x", t, true)))
-            .collect(),
-        args,
-        number_rows: rows,
-        return_field: Arc::new(Field::new("out", returns, true)),
-        config_options: Arc::new(Default::default()),
-    })
-    .unwrap()
-    .into_array(rows)
-    .unwrap()
-}
-
-fn register_functions(ctx: &SessionContext) {
-    for udf in functions() {
-        ctx.register_udf(udf);
-    }
 }
 
 /// Builds the object store for a bucket/container URL from the environment's usual

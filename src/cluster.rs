@@ -18,11 +18,11 @@ use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 
-use crate::catalog::ballista::{shared_functions, store_registry};
-use crate::config::Settings;
+use crate::config::{Location, Settings};
 use crate::error::{Error, Result, one_line};
 
 /// The scheduler pushes tasks to executors; both sides must agree.
@@ -176,4 +176,31 @@ fn create_private_dir(dir: &std::path::Path) -> Result<()> {
 fn create_private_dir(dir: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::Storage(format!("cannot create {}: {}", dir.display(), e.kind())))
+}
+
+/// The crate's functions as the scheduler and executors register them (looked up by name
+/// when they decode plans).
+pub fn shared_functions() -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
+    crate::functions::all().into_iter().map(Arc::new).collect()
+}
+
+/// A registry with a store for every object-store location of the sync (sources and
+/// state), built like the client's, so the cluster reads and lists what the client plans.
+/// `file://` is always there. Without settings only local files are reachable.
+pub fn store_registry(settings: Option<&Settings>) -> Result<Arc<dyn ObjectStoreRegistry>> {
+    let registry = DefaultObjectStoreRegistry::new();
+    if let Some(settings) = settings {
+        let locations = settings
+            .tables
+            .iter()
+            .map(|(_, l)| l)
+            .chain(std::iter::once(&settings.state));
+        for loc in locations {
+            if let Location::Url(url) = loc {
+                let store = crate::catalog::object_store_for(url, settings.storage_options(url))?;
+                registry.register_store(url, store);
+            }
+        }
+    }
+    Ok(Arc::new(registry))
 }

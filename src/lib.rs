@@ -7,6 +7,10 @@
 //!   configured Parquet source (local or object store).
 //! - [`model`]: the user's SQL, planned and checked against the mapping.
 //! - [`identity`]: identifier normalisation and validity rules, also as SQL functions.
+//! - [`functions`]: the crate's SQL functions (identity rules, row hash, slice key), the
+//!   one list every session and Ballista executor registers.
+//! - [`columns`]: the change set's column names and kinds, shared by the stages that
+//!   write and read it.
 //! - [`diff`]: joins of the model's rows with the state on the normalised identifier,
 //!   classifying every row as new, changed, unchanged, deleted or invalid.
 //! - [`spill`]: rows routed by a hash into per-bucket files, for a model or a diff larger
@@ -28,10 +32,12 @@ pub mod catalog;
 pub mod cli;
 #[cfg(feature = "ballista")]
 pub mod cluster;
+pub mod columns;
 pub mod config;
 pub mod demo;
 pub mod diff;
 pub mod error;
+pub mod functions;
 pub mod identity;
 pub mod model;
 pub mod pipeline;

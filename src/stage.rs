@@ -5,7 +5,8 @@
 //! Pass 1 streams the classified rows, counting every kind, and keeps new, changed and
 //! deleted rows (invalid ones go to their own file for inspection). Pass 2 joins the staged
 //! changed rows, a small set, with the state's stored values to record which attributes
-//! changed, in the `_changed` column (attribute names, comma-separated).
+//! changed, in the `_changed` column: a list of attribute names, in mapping order, built by
+//! the query itself so that the sink reads names and splits no string.
 
 use std::sync::Arc;
 
@@ -16,12 +17,11 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 
 use crate::catalog::temp_view;
+use crate::columns::{CHANGED_ATTRIBUTES, ChangeKind, KIND};
 use crate::config::Settings;
-use crate::diff::{CHANGED, ChangeSet, DELETED, INVALID, KIND, NEW, Summary, Tally};
+use crate::diff::{ChangeSet, Summary, Tally};
 use crate::error::{Error, Result, df_message};
 use crate::state::{self, State, quote};
-
-pub const CHANGED_COLUMNS: &str = "_changed";
 
 /// A staged change set, ready for the sink.
 #[derive(Debug, Clone)]
@@ -112,9 +112,17 @@ pub async fn stage(
             let kinds = tally.add(&batch)?;
             let keep: BooleanArray = kinds
                 .iter()
-                .map(|k| Some(matches!(k, Some(NEW | CHANGED | DELETED))))
+                .map(|k| {
+                    Some(matches!(
+                        k,
+                        ChangeKind::New | ChangeKind::Changed | ChangeKind::Deleted
+                    ))
+                })
                 .collect();
-            let bad: BooleanArray = kinds.iter().map(|k| Some(k == Some(INVALID))).collect();
+            let bad: BooleanArray = kinds
+                .iter()
+                .map(|k| Some(*k == ChangeKind::Invalid))
+                .collect();
             let f = |mask: &BooleanArray| {
                 filter_record_batch(&batch, mask)
                     .map_err(|e| Error::Internal(format!("filtering the change set: {e}")))
@@ -144,7 +152,7 @@ pub async fn stage(
     let stage1 = temp_view(ctx, "stage1", staged).map_err(fail)?;
     let state_cols = set.state.schema().as_arrow().clone();
     let state_view = temp_view(ctx, "stage_state", set.state.clone()).map_err(fail)?;
-    let value_key = crate::diff::row_hash::VALUE_KEY;
+    let value_key = crate::functions::row_hash::VALUE_KEY;
     let mut stored = vec![quote(state::IDENTIFIER)];
     let mut tests = Vec::new();
     for m in &settings.attributes {
@@ -163,11 +171,14 @@ pub async fn stage(
             ));
         }
     }
+    // One entry per attribute, null where it did not change; array_compact drops the
+    // nulls (array_remove(.., NULL) returns NULL in DataFusion 55).
     let sql = format!(
-        "SELECT c.*, CASE WHEN (c.{KIND} = '{CHANGED}') THEN concat_ws(',', {tests}) END AS {CHANGED_COLUMNS} \
+        "SELECT c.*, CASE WHEN (c.{KIND} = '{changed}') THEN array_compact(make_array({tests})) END AS {CHANGED_ATTRIBUTES} \
          FROM {stage1} c \
          LEFT JOIN (SELECT {stored} FROM {state_view}) s \
-           ON (c.{KIND} = '{CHANGED}' AND c.{id} = s.{id})",
+           ON (c.{KIND} = '{changed}' AND c.{id} = s.{id})",
+        changed = ChangeKind::Changed,
         tests = tests.join(", "),
         stored = stored.join(", "),
         id = quote(state::IDENTIFIER),

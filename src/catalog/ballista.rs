@@ -4,26 +4,25 @@ use std::sync::Arc;
 
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::config::{Location, Settings};
 use crate::error::{Error, Result, df_message};
 
 /// A client session whose queries the scheduler at `url` (`df://host:port`) plans and the
 /// executors run. Nothing connects until the first query.
+/// `tune` applies the crate's session options (the catalog's, for every engine).
 pub fn client_session(
     url: &str,
     runtime: Arc<RuntimeEnv>,
-    settings: &Settings,
+    tune: impl FnOnce(SessionConfig) -> Result<SessionConfig>,
 ) -> Result<SessionContext> {
     // new_with_ballista() applies Ballista's restricted options once, so the crate's
     // options set after it are the ones sent with every query.
     // The static planner, not adaptive planning: with adaptive planning, Ballista 55 re-ran
     // a stage without end when a join's side was an empty table (a first run's snapshot),
     // and its empty-stage rewrites have had wrong-result bugs (datafusion-ballista#2185).
-    let config = super::tune(SessionConfig::new_with_ballista(), settings)?
+    let config = tune(SessionConfig::new_with_ballista())?
         .with_ballista_job_name("voyado-sync")
         .with_ballista_adaptive_query_planner(false);
     let state = SessionStateBuilder::new()
@@ -36,33 +35,6 @@ pub fn client_session(
     let ctx = futures::executor::block_on(SessionContext::remote_with_state(url, state))
         .map_err(|e| Error::config(df_message(&format!("[engine] url {url}"), &e)))?;
     // After, not before: the Ballista upgrade replaces the state's scalar function list.
-    super::register_functions(&ctx);
+    crate::functions::register(&ctx);
     Ok(ctx)
-}
-
-/// The crate's functions as the scheduler and executors register them (looked up by name
-/// when they decode plans).
-pub fn shared_functions() -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
-    super::functions().into_iter().map(Arc::new).collect()
-}
-
-/// A registry with a store for every object-store location of the sync (sources and
-/// state), built like the client's, so the cluster reads and lists what the client plans.
-/// `file://` is always there. Without settings only local files are reachable.
-pub fn store_registry(settings: Option<&Settings>) -> Result<Arc<dyn ObjectStoreRegistry>> {
-    let registry = DefaultObjectStoreRegistry::new();
-    if let Some(settings) = settings {
-        let locations = settings
-            .tables
-            .iter()
-            .map(|(_, l)| l)
-            .chain(std::iter::once(&settings.state));
-        for loc in locations {
-            if let Location::Url(url) = loc {
-                let store = super::object_store_for(url, settings.storage_options(url))?;
-                registry.register_store(url, store);
-            }
-        }
-    }
-    Ok(Arc::new(registry))
 }

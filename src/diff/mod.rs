@@ -21,7 +21,6 @@ mod ballista;
 mod bucketed;
 mod classify;
 mod in_memory;
-pub mod row_hash;
 mod sizing;
 mod sql;
 mod strategy;
@@ -29,10 +28,7 @@ mod tally;
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::array::{AsArray, StringArray};
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::{DataFrame, SessionContext};
 use serde::Serialize;
 
@@ -43,21 +39,8 @@ pub use tally::{Tally, log_metrics, summarize};
 
 use crate::config::Settings;
 use crate::error::{Error, Result, df_message};
+use crate::functions::row_hash;
 use crate::state::{self, Manifest, quote};
-
-/// Column names of the classified change set (attribute columns follow, by attribute name).
-pub const KIND: &str = "_kind";
-pub const RAW_IDENTIFIER: &str = "_raw_identifier";
-pub const REASON: &str = "_reason";
-pub const PREV_STATUS: &str = "_prev_status";
-/// The model's own contactId column (`[identifier] contact_id_column`), when configured.
-pub const KNOWN_CONTACT_ID: &str = "_known_contact_id";
-
-pub const NEW: &str = "new";
-pub const CHANGED: &str = "changed";
-pub const UNCHANGED: &str = "unchanged";
-pub const DELETED: &str = "deleted";
-pub const INVALID: &str = "invalid";
 
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Counts {
@@ -212,17 +195,6 @@ fn compact_state(
     ctx.register_table("__vs_state", state_df.clone().into_view())
         .map_err(fail("state"))?;
     Ok((state_df, sql::compact(&snap_hash)))
-}
-
-/// A change-set column as plain strings (identifiers, kinds, reasons arrive as Utf8,
-/// Utf8View or null-typed columns depending on the plan).
-pub fn string_column(batch: &RecordBatch, name: &str) -> Result<StringArray> {
-    let c = batch
-        .column_by_name(name)
-        .ok_or_else(|| Error::Internal(format!("change set has no column {name}")))?;
-    let c = cast(c, &DataType::Utf8)
-        .map_err(|e| Error::Internal(format!("change set column {name}: {e}")))?;
-    Ok(c.as_string::<i32>().clone())
 }
 
 fn fail(what: &str) -> impl Fn(datafusion::error::DataFusionError) -> Error {

@@ -2,10 +2,8 @@
 //! comparison, for the SQL form of the classification (Ballista, or a bucket too large to
 //! hold) and for routing rows to bucket files.
 
-use super::{
-    CHANGED, DELETED, INVALID, KIND, KNOWN_CONTACT_ID, NEW, PREV_STATUS, RAW_IDENTIFIER, REASON,
-    UNCHANGED, row_hash,
-};
+use super::row_hash;
+use crate::columns::{ChangeKind, KIND, KNOWN_CONTACT_ID, PREV_STATUS, RAW_IDENTIFIER, REASON};
 use crate::config::Settings;
 use crate::identity;
 use crate::state::{self, quote};
@@ -166,11 +164,11 @@ impl Rules {
     pub(super) fn compare(&self, snap: &str, valid: &str, values: &str) -> String {
         format!(
             "SELECT \
-               CASE WHEN (m.__present IS NULL) THEN '{DELETED}' \
-                    WHEN (m.{REASON} IS NOT NULL) THEN '{INVALID}' \
-                    WHEN (s.__s_id IS NULL) THEN '{NEW}' \
-                    WHEN (m.{rh} = s.__s_hash) THEN '{UNCHANGED}' \
-                    ELSE '{CHANGED}' END AS {KIND}, \
+               CASE WHEN (m.__present IS NULL) THEN '{deleted}' \
+                    WHEN (m.{REASON} IS NOT NULL) THEN '{invalid}' \
+                    WHEN (s.__s_id IS NULL) THEN '{new}' \
+                    WHEN (m.{rh} = s.__s_hash) THEN '{unchanged}' \
+                    ELSE '{changed}' END AS {KIND}, \
                COALESCE(m.{ident}, s.__s_id) AS {ident}, \
                m.{RAW_IDENTIFIER}, m.{REASON}, m.{KNOWN_CONTACT_ID}, \
                s.__s_contact_id AS {cid}, s.__s_status AS {PREV_STATUS}, \
@@ -181,6 +179,11 @@ impl Rules {
             rh = quote(state::ROW_HASH),
             ident = quote(state::IDENTIFIER),
             cid = quote(state::CONTACT_ID),
+            deleted = ChangeKind::Deleted,
+            invalid = ChangeKind::Invalid,
+            new = ChangeKind::New,
+            unchanged = ChangeKind::Unchanged,
+            changed = ChangeKind::Changed,
         )
     }
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use super::sql::Rules;
-use super::{KNOWN_CONTACT_ID, classify, fail};
+use super::{classify, fail};
+use crate::columns::KNOWN_CONTACT_ID;
 use crate::config::Settings;
 use crate::error::{Error, Result, df_message};
 

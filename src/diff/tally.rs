@@ -3,18 +3,14 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::Array;
-use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
 
-use super::{
-    CHANGED, ChangeSet, DELETED, INVALID, KIND, NEW, RAW_IDENTIFIER, REASON, Sample, Summary,
-    UNCHANGED, string_column,
-};
+use super::{ChangeSet, Sample, Summary};
+use crate::columns::{self, ChangeKind, KIND, RAW_IDENTIFIER, REASON, string_column};
 use crate::error::{Error, Result, df_message};
 use crate::state;
-use crate::strings::Strings;
 
 const SAMPLES_PER_KIND: usize = 5;
 
@@ -27,42 +23,28 @@ pub struct Tally {
 impl Tally {
     /// Counts one classified batch (which must hold `_kind`, `_identifier`,
     /// `_raw_identifier` and `_reason`) and returns each row's kind.
-    pub fn add(&mut self, batch: &RecordBatch) -> Result<Strings> {
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<Vec<ChangeKind>> {
         let col = |name: &str| string_column(batch, name);
-        // Read in place: kinds arrive as views, and a cast would copy every one.
-        let kinds = batch
-            .column_by_name(KIND)
-            .map(Strings::new)
-            .transpose()
-            .map_err(|e| Error::Internal(format!("change set column {KIND}: {e}")))?
-            .ok_or_else(|| Error::Internal(format!("change set has no column {KIND}")))?;
+        let kinds = columns::kinds(batch)?;
         // Identifiers and reasons are read only for samples: casting them costs a copy.
         let mut sampled = None;
-        // Most rows are unchanged: as views, they are told by their view alone.
-        let unchanged = make_view(UNCHANGED.as_bytes(), 0, 0);
-        let views = match &kinds {
-            Strings::View(a) => Some(a),
-            _ => None,
-        };
-        for i in 0..batch.num_rows() {
-            if views.is_some_and(|a| a.views()[i] == unchanged && a.is_valid(i)) {
-                self.summary.counts.unchanged += 1;
-                continue;
-            }
-            let kind = kinds.get(i).unwrap_or_default();
+        for (i, &kind) in kinds.iter().enumerate() {
             let c = &mut self.summary.counts;
             match kind {
-                NEW => c.new += 1,
-                CHANGED => c.changed += 1,
-                UNCHANGED => c.unchanged += 1,
-                DELETED => c.deleted += 1,
-                INVALID => c.invalid += 1,
-                other => return Err(Error::Internal(format!("unknown change kind {other}"))),
+                ChangeKind::New => c.new += 1,
+                ChangeKind::Changed => c.changed += 1,
+                ChangeKind::Unchanged => {
+                    c.unchanged += 1;
+                    continue;
+                }
+                ChangeKind::Deleted => c.deleted += 1,
+                ChangeKind::Invalid => c.invalid += 1,
             }
-            if kind == UNCHANGED {
-                continue;
-            }
-            let samples = self.summary.samples.entry(kind.to_string()).or_default();
+            let samples = self
+                .summary
+                .samples
+                .entry(kind.as_str().to_string())
+                .or_default();
             if samples.len() < SAMPLES_PER_KIND {
                 let (ids, raws, reasons) = match sampled {
                     Some(ref s) => s,
@@ -72,7 +54,7 @@ impl Tally {
                         col(REASON)?,
                     )),
                 };
-                let (identifier, reason) = if kind == INVALID {
+                let (identifier, reason) = if kind == ChangeKind::Invalid {
                     // A raw identifier equal to its normalised one may be left out (`narrow`).
                     let raw = if raws.is_valid(i) { raws } else { ids };
                     (
@@ -161,6 +143,22 @@ mod tests {
     use super::*;
     use crate::diff::Counts;
 
+    /// Reports (and `history`, reading old ones) name each count as its kind is stored.
+    #[test]
+    fn each_kind_is_counted_under_its_name() {
+        let json = serde_json::to_value(Counts::default()).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut names = ChangeKind::ALL.map(ChangeKind::as_str);
+        keys.sort_unstable();
+        names.sort_unstable();
+        assert_eq!(keys, names);
+    }
+
     #[test]
     fn tallies_merge_in_bucket_order_keeping_the_first_samples() {
         let sample = |id: &str| Sample {
@@ -173,7 +171,7 @@ mod tests {
                 unchanged: 10,
                 ..Counts::default()
             },
-            samples: BTreeMap::from([(NEW.to_string(), ids.iter().map(|i| sample(i)).collect())]),
+            samples: BTreeMap::from([("new".to_string(), ids.iter().map(|i| sample(i)).collect())]),
         };
         let mut tally = Tally::default();
         tally.merge(summary(3, &["a", "b", "c"]));
@@ -181,7 +179,7 @@ mod tests {
         tally.merge(summary(1, &["h"]));
         let s = tally.summary;
         assert_eq!((s.counts.new, s.counts.unchanged), (8, 30));
-        let kept: Vec<_> = s.samples[NEW]
+        let kept: Vec<_> = s.samples["new"]
             .iter()
             .map(|x| x.identifier.clone().unwrap())
             .collect();
@@ -192,7 +190,14 @@ mod tests {
     fn kinds_are_counted_as_views_and_as_plain_strings() {
         use datafusion::arrow::array::{ArrayRef, StringViewArray};
         use datafusion::arrow::datatypes::{Field, Schema};
-        let kinds = [UNCHANGED, NEW, UNCHANGED, DELETED, INVALID, UNCHANGED];
+        let kinds = [
+            "unchanged",
+            "new",
+            "unchanged",
+            "deleted",
+            "invalid",
+            "unchanged",
+        ];
         let ids: Vec<String> = (0..kinds.len()).map(|i| format!("u{i}@x.se")).collect();
         let reasons = [None, None, None, None, Some("bad"), None];
         for view in [true, false] {
@@ -231,10 +236,10 @@ mod tests {
                 [2, 0, 6, 2, 2],
                 "views: {view}"
             );
-            let invalid = &tally.summary.samples[INVALID][0];
+            let invalid = &tally.summary.samples["invalid"][0];
             assert_eq!(invalid.reason.as_deref(), Some("bad"));
             assert_eq!(
-                tally.summary.samples[NEW][0].identifier.as_deref(),
+                tally.summary.samples["new"][0].identifier.as_deref(),
                 Some("u1@x.se")
             );
         }

@@ -12,12 +12,12 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use object_store::ObjectStoreExt;
 
 use super::{
-    CONTACT_ID, DELIVERED, IDENTIFIER, Manifest, NOT_FOUND, NewSnapshot, OP, REJECTED, ROW_HASH,
-    STATUS, State, manifest, quote, storage,
+    CONTACT_ID, DeltaOp, IDENTIFIER, Manifest, NewSnapshot, OP, ROW_HASH, STATUS, SnapshotStatus,
+    State, manifest, quote, storage,
 };
 use crate::catalog::temp_view;
+use crate::columns::{ChangeKind, KIND, string_column};
 use crate::config::Settings;
-use crate::diff::{self, CHANGED, KIND, NEW, UNCHANGED};
 use crate::error::{Error, Result, df_message};
 
 /// What a delta records of one row the sink answered.
@@ -63,24 +63,26 @@ pub fn delta_batch<O: Recorded>(
             .ok_or_else(|| Error::Internal(format!("staged change set has no column {name}")))
     };
     let indices = UInt32Array::from_iter_values(recorded.iter().map(|(i, _)| *i as u32));
-    let prev_ids = diff::string_column(staged, CONTACT_ID)?;
+    let prev_ids = string_column(staged, CONTACT_ID)?;
     let mut ids = Vec::with_capacity(recorded.len());
     let mut statuses = Vec::with_capacity(recorded.len());
     let mut ops = Vec::with_capacity(recorded.len());
+    use DeltaOp::{Delete, Upsert};
+    use SnapshotStatus::{Delivered, NotFound, Rejected};
     for (i, r) in &recorded {
         let prev = prev_ids
             .is_valid(*i)
             .then(|| prev_ids.value(*i).to_string());
         let (id, status, op) = match r {
-            Recording::Created(id) => (id.map(str::to_string), DELIVERED, "upsert"),
-            Recording::Delivered(id) => (id.map(str::to_string).or(prev), DELIVERED, "upsert"),
-            Recording::NotFound => (None, NOT_FOUND, "upsert"),
-            Recording::Rejected => (prev, REJECTED, "upsert"),
-            Recording::Deleted => (prev, DELIVERED, "delete"),
+            Recording::Created(id) => (id.map(str::to_string), Delivered, Upsert),
+            Recording::Delivered(id) => (id.map(str::to_string).or(prev), Delivered, Upsert),
+            Recording::NotFound => (None, NotFound, Upsert),
+            Recording::Rejected => (prev, Rejected, Upsert),
+            Recording::Deleted => (prev, Delivered, Delete),
         };
         ids.push(id);
-        statuses.push(Some(status));
-        ops.push(Some(op));
+        statuses.push(Some(status.as_str()));
+        ops.push(Some(op.as_str()));
     }
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
@@ -111,7 +113,7 @@ pub fn delta_batch<O: Recorded>(
 fn new_manifest(fields: &NewSnapshot) -> Manifest {
     Manifest {
         format_version: manifest::FORMAT_VERSION,
-        hash_version: diff::row_hash::HASH_VERSION,
+        hash_version: crate::functions::row_hash::HASH_VERSION,
         generation: 0,
         identifier_key: fields.identifier_key.clone(),
         attributes: fields.attributes.clone(),
@@ -274,7 +276,7 @@ impl State {
             .map(|a| a.attribute.as_str())
             .filter(|a| schema.field_with_name(a).is_ok())
             .collect();
-        let hash = diff::row_hash::sql_call(present.iter().map(|a| (*a, quote(a))));
+        let hash = crate::functions::row_hash::sql_call(present.iter().map(|a| (*a, quote(a))));
         let mut cols = vec![
             quote(IDENTIFIER),
             quote(CONTACT_ID),
@@ -300,7 +302,7 @@ impl State {
         let mut cols = vec![
             quote(IDENTIFIER),
             quote(CONTACT_ID),
-            format!("'{DELIVERED}' AS {}", quote(STATUS)),
+            format!("'{}' AS {}", SnapshotStatus::Delivered, quote(STATUS)),
             quote(ROW_HASH),
         ];
         cols.extend(settings.attributes.iter().map(|m| quote(&m.attribute)));
@@ -310,8 +312,11 @@ impl State {
                 .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
             let df = ctx
                 .sql(&format!(
-                    "SELECT {} FROM {name} WHERE {KIND} IN ('{NEW}', '{CHANGED}', '{UNCHANGED}')",
-                    cols.join(", ")
+                    "SELECT {} FROM {name} WHERE {KIND} IN ('{}', '{}', '{}')",
+                    cols.join(", "),
+                    ChangeKind::New,
+                    ChangeKind::Changed,
+                    ChangeKind::Unchanged,
                 ))
                 .await
                 .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
@@ -412,7 +417,7 @@ mod tests {
         assert_eq!(m.generation, 0);
         assert!(m.snapshot.is_empty() && m.deltas.is_empty());
         assert_eq!(m.format_version, manifest::FORMAT_VERSION);
-        assert_eq!(m.hash_version, diff::row_hash::HASH_VERSION);
+        assert_eq!(m.hash_version, crate::functions::row_hash::HASH_VERSION);
         assert_eq!(m.identifier_key, "email");
         assert_eq!(m.run_id, "run-1");
         assert_eq!(m.attributes, BTreeMap::from([("a".into(), "text".into())]));
@@ -519,12 +524,12 @@ mod tests {
         assert_eq!(
             strings(&delta, STATUS),
             s(&[
-                Some(DELIVERED),
-                Some(DELIVERED),
-                Some(DELIVERED),
-                Some(NOT_FOUND),
-                Some(REJECTED),
-                Some(DELIVERED)
+                Some("delivered"),
+                Some("delivered"),
+                Some("delivered"),
+                Some("not_found"),
+                Some("rejected"),
+                Some("delivered")
             ])
         );
         assert_eq!(

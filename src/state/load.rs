@@ -8,7 +8,9 @@ use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, ident, lit};
 
-use super::{CONTACT_ID, FIXED_COLUMNS, IDENTIFIER, Manifest, OP, ROW_HASH, STATUS, State, quote};
+use super::{
+    CONTACT_ID, DeltaOp, FIXED_COLUMNS, IDENTIFIER, Manifest, OP, ROW_HASH, STATUS, State, quote,
+};
 use crate::catalog::temp_view;
 use crate::error::{Error, Result, df_message};
 
@@ -98,10 +100,11 @@ impl State {
              SELECT {cols} FROM ( \
                SELECT *, row_number() OVER (PARTITION BY {id} ORDER BY {seq} DESC) AS __rn \
                FROM {delta_name}) \
-             WHERE __rn = 1 AND {op} = 'upsert'",
+             WHERE __rn = 1 AND {op} = '{upsert}'",
             id = quote(IDENTIFIER),
             seq = quote(SEQ),
             op = quote(OP),
+            upsert = DeltaOp::Upsert,
         );
         ctx.sql(&sql).await.map_err(fail)
     }
@@ -158,7 +161,7 @@ pub fn empty_snapshot(ctx: &SessionContext) -> datafusion::error::Result<DataFra
         Field::new(STATUS, DataType::Utf8, true),
         Field::new(
             ROW_HASH,
-            DataType::FixedSizeBinary(crate::diff::row_hash::HASH_BYTES),
+            DataType::FixedSizeBinary(crate::functions::row_hash::HASH_BYTES),
             true,
         ),
     ];

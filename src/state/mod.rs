@@ -53,10 +53,67 @@ pub const OP: &str = "_op";
 
 pub const FIXED_COLUMNS: [&str; 4] = [IDENTIFIER, CONTACT_ID, STATUS, ROW_HASH];
 
-/// Snapshot statuses.
-pub const DELIVERED: &str = "delivered";
-pub const NOT_FOUND: &str = "not_found";
-pub const REJECTED: &str = "rejected";
+/// What Voyado last said of a snapshot row. Stored in `_status` as
+/// [`SnapshotStatus::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SnapshotStatus {
+    Delivered,
+    /// Voyado had no contact with the identifier (a sync that only updates).
+    NotFound,
+    /// Refused for good. Like a row not found, its next change is sent whole, as new.
+    Rejected,
+}
+
+impl SnapshotStatus {
+    pub const ALL: [SnapshotStatus; 3] = [
+        SnapshotStatus::Delivered,
+        SnapshotStatus::NotFound,
+        SnapshotStatus::Rejected,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SnapshotStatus::Delivered => "delivered",
+            SnapshotStatus::NotFound => "not_found",
+            SnapshotStatus::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SnapshotStatus> {
+        SnapshotStatus::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for SnapshotStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a delta row does to its identifier's snapshot row. Stored in `_op` as
+/// [`DeltaOp::as_str`]; the latest delta row of an identifier wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeltaOp {
+    /// The row, as the delta holds it, replaces the snapshot's.
+    Upsert,
+    /// The row leaves the snapshot.
+    Delete,
+}
+
+impl DeltaOp {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeltaOp::Upsert => "upsert",
+            DeltaOp::Delete => "delete",
+        }
+    }
+}
+
+impl std::fmt::Display for DeltaOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct State {

@@ -179,7 +179,7 @@ async fn deltas_are_applied_on_read() {
     ctx.register_table("staged", df.into_view()).unwrap();
     let rows = collect_strings(
         &ctx,
-        "SELECT _identifier, _kind, _prev_status, _changed FROM staged",
+        "SELECT _identifier, _kind, _prev_status, array_to_string(_changed, ',') FROM staged",
     )
     .await;
     assert_eq!(
@@ -228,7 +228,7 @@ async fn staging_records_exactly_the_changed_attributes() {
     }
     let rows = collect_strings(
         &ctx,
-        "SELECT _identifier, _kind, _changed FROM staged ORDER BY _identifier",
+        "SELECT _identifier, _kind, array_to_string(_changed, ',') FROM staged ORDER BY _identifier",
     )
     .await;
     let r = |a: &str, k: &str, c: Option<&str>| {

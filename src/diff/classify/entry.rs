@@ -114,7 +114,7 @@ pub(super) fn low(id: u128) -> u64 {
 }
 
 // Row hashes are compared by their first 8 bytes: all that a count's bucket files keep.
-const _: () = assert!(crate::diff::row_hash::PREFIX_BYTES == 8);
+const _: () = assert!(crate::functions::row_hash::PREFIX_BYTES == 8);
 
 /// Adds every identifier of `ids` (rows from `first` on) to its partition by its hash under
 /// `seed`, with its row hash.

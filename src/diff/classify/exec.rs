@@ -19,32 +19,14 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use super::job::ClassifyJob;
+use super::job::{ClassifyJob, Columns, Spec};
 use super::{
     COL_IDENTIFIER, COL_KNOWN, COL_RAW, COL_ROW_HASH, FIXED_COLUMNS, S_CONTACT_ID, S_HASH, S_ID,
     S_STATUS, wanted_state,
 };
+use crate::columns::{KNOWN_CONTACT_ID, RAW_IDENTIFIER};
 use crate::config::Key;
-use crate::diff::{KNOWN_CONTACT_ID, RAW_IDENTIFIER};
 use crate::state;
-
-/// Where the operator finds its input columns.
-#[derive(Debug, Clone)]
-pub(super) struct Columns {
-    pub(super) raw: usize,
-    pub(super) ident: usize,
-    pub(super) known: usize,
-    pub(super) hash: usize,
-    /// Each value's column, None for those the scan left out (not projected).
-    pub(super) values: Vec<Option<usize>>,
-    pub(super) s_id: usize,
-    pub(super) s_hash: usize,
-    /// Absent when not asked for: the scan then leaves them out of the state's plan.
-    pub(super) s_contact_id: Option<usize>,
-    pub(super) s_status: Option<usize>,
-    /// The model columns the output is built from, by index, ascending.
-    pub(super) held: Vec<usize>,
-}
 
 #[derive(Debug, Clone)]
 pub(super) struct ClassifyExec {
@@ -61,6 +43,18 @@ pub(super) struct ClassifyExec {
 }
 
 impl ClassifyExec {
+    /// What each execution takes from the operator.
+    pub(super) fn spec(&self) -> Spec<'_> {
+        Spec {
+            key: self.key,
+            cols: &self.cols,
+            expected: self.expected,
+            full: &self.full,
+            projection: &self.projection,
+            metrics: &self.metrics,
+        }
+    }
+
     pub(super) fn try_new(
         model: Arc<dyn ExecutionPlan>,
         state: Arc<dyn ExecutionPlan>,
@@ -194,7 +188,7 @@ impl ExecutionPlan for ClassifyExec {
         // One thread per partition of the session, but no more than the cores: these are
         // OS threads, and a session may have more partitions than cores.
         let threads = (context.session_config().target_partitions()).min(crate::catalog::cores());
-        let job = ClassifyJob::new(self, partition, reservation, threads);
+        let job = ClassifyJob::new(self.spec(), partition, reservation, threads);
         let out = self.properties().eq_properties.schema().clone();
         let batches = futures::stream::once(job.collect(model, state))
             .map(|job| match job {

@@ -14,8 +14,8 @@ use super::exec::ClassifyExec;
 use super::job::ClassifyJob;
 use super::provider::output_schema;
 use super::{S_CONTACT_ID, S_HASH, S_ID, S_STATUS};
+use crate::columns::{KNOWN_CONTACT_ID, RAW_IDENTIFIER};
 use crate::config::Key;
-use crate::diff::{KNOWN_CONTACT_ID, RAW_IDENTIFIER};
 use crate::state;
 use crate::strings::Strings;
 
@@ -112,5 +112,5 @@ pub(super) fn job(projection: Option<Vec<usize>>, expected: usize) -> ClassifyJo
     .unwrap();
     let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
     let reservation = MemoryConsumer::new("test").register(&pool);
-    ClassifyJob::new(&exec, 0, reservation, 1)
+    ClassifyJob::new(exec.spec(), 0, reservation, 1)
 }

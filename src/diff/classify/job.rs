@@ -10,12 +10,13 @@ use datafusion::common::utils::memory::{RecordBatchMemoryCounter, get_record_bat
 use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::physical_plan::SendableRecordBatchStream;
-use datafusion::physical_plan::metrics::{BaselineMetrics, MetricBuilder, Time};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, Time,
+};
 use futures::StreamExt;
 
 use super::entry::{NONE, PARTS, Part, Row, reserve, scatter};
-use super::exec::{ClassifyExec, Columns};
-use super::join::Matches;
+use super::join::{self, Matches};
 use crate::config::Key;
 use crate::strings::Strings;
 
@@ -25,6 +26,35 @@ const MODEL_ROW_BYTES: usize = 48;
 const STATE_ROW_BYTES: usize = 40;
 /// Bytes held per model batch besides its rows: where it starts in each partition.
 const BATCH_BYTES: usize = PARTS * size_of::<u32>();
+
+/// Where the operator finds its input columns.
+#[derive(Debug, Clone)]
+pub(super) struct Columns {
+    pub(super) raw: usize,
+    pub(super) ident: usize,
+    pub(super) known: usize,
+    pub(super) hash: usize,
+    /// Each value's column, None for those the scan left out (not projected).
+    pub(super) values: Vec<Option<usize>>,
+    pub(super) s_id: usize,
+    pub(super) s_hash: usize,
+    /// Absent when not asked for: the scan then leaves them out of the state's plan.
+    pub(super) s_contact_id: Option<usize>,
+    pub(super) s_status: Option<usize>,
+    /// The model columns the output is built from, by index, ascending.
+    pub(super) held: Vec<usize>,
+}
+
+/// What one execution takes from its operator (`ClassifyExec::spec`): the key, where the
+/// columns are, the rows expected, the output's schema and projection, and the metrics.
+pub(super) struct Spec<'a> {
+    pub(super) key: Key,
+    pub(super) cols: &'a Columns,
+    pub(super) expected: usize,
+    pub(super) full: &'a SchemaRef,
+    pub(super) projection: &'a Option<Vec<usize>>,
+    pub(super) metrics: &'a ExecutionPlanMetricsSet,
+}
 
 /// A buffered model batch: only the columns the output is built from (`Columns::held`;
 /// once partitioned, a plan needs no row hashes).
@@ -175,7 +205,7 @@ fn next_start(starts: &[Row], rows: usize) -> Result<Row> {
 
 impl ClassifyJob {
     pub(super) fn new(
-        exec: &ClassifyExec,
+        exec: Spec<'_>,
         partition: usize,
         reservation: MemoryReservation,
         threads: usize,
@@ -188,7 +218,7 @@ impl ClassifyJob {
             "join_time",
             "classify_time",
         ]
-        .map(|n| MetricBuilder::new(&exec.metrics).subset_time(n, partition));
+        .map(|n| MetricBuilder::new(exec.metrics).subset_time(n, partition));
         let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), partition);
         let state = StateSide::new(
             exec.cols.clone(),
@@ -200,9 +230,9 @@ impl ClassifyJob {
         ClassifyJob {
             key: exec.key,
             cols: exec.cols.clone(),
-            full: Arc::clone(&exec.full),
+            full: Arc::clone(exec.full),
             projection: exec.projection.clone(),
-            metrics: BaselineMetrics::new(&exec.metrics, partition),
+            metrics: BaselineMetrics::new(exec.metrics, partition),
             phase,
             reservation,
             threads,
@@ -240,6 +270,19 @@ impl ClassifyJob {
             .map_err(|e| DataFusionError::External(Box::new(e)))??;
         self.join()?;
         Ok(self)
+    }
+
+    /// Joins the model's and the state's partitions, once both inputs have ended.
+    pub(super) fn join(&mut self) -> Result<()> {
+        let matches = join::join(
+            std::mem::take(&mut self.model_parts),
+            std::mem::take(&mut self.state.parts),
+            std::mem::take(&mut self.batch_starts),
+            self.threads,
+            [&self.phase[2], &self.phase[3]],
+        )?;
+        self.matches = Some(matches);
+        Ok(())
     }
 
     pub(super) fn add_model(&mut self, batch: RecordBatch) -> Result<()> {

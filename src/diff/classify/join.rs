@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 
 use datafusion::common::{DataFusionError, Result};
+use datafusion::physical_plan::metrics::Time;
 use hashbrown::HashTable;
 
 use super::entry::{NO_MATCH, NONE, PARTS, Part, Row, V_CHANGED, V_NEW, V_UNCHANGED, invalid, low};
-use super::job::ClassifyJob;
 use crate::identity;
 
 /// What joining some partitions found besides each model row's first match and verdict.
@@ -169,50 +169,50 @@ impl Matches {
     }
 }
 
-impl ClassifyJob {
-    /// Partition by partition: counts each model identifier and finds its state rows.
-    pub(super) fn join(&mut self) -> Result<()> {
-        let time = self.phase[2].clone();
-        let timer = time.timer();
-        let mut model_parts = std::mem::take(&mut self.model_parts);
-        let state_parts = std::mem::take(&mut self.state.parts);
-        // Partitions are independent: split them over the session's threads. (Scoped OS
-        // threads: this runs once both inputs have ended, so the runtime has nothing else
-        // of this plan to run meanwhile.)
-        let per = PARTS.div_ceil(self.threads.clamp(1, PARTS));
-        let found: Vec<Found> = std::thread::scope(|scope| {
-            let running: Vec<_> = model_parts
-                .chunks_mut(per)
-                .zip(state_parts.chunks(per))
-                .map(|(mp, sp)| scope.spawn(|| join_parts(mp, sp)))
-                .collect();
-            running
-                .into_iter()
-                .map(|t| t.join())
-                .collect::<std::result::Result<_, _>>()
-        })
-        .map_err(|_| DataFusionError::Internal("a change detection thread panicked".into()))?;
-        timer.done();
-        let time = self.phase[3].clone();
-        let _timer = time.timer();
-        let mut m = Matches {
-            model_parts,
-            state_parts,
-            batch_starts: std::mem::take(&mut self.batch_starts),
-            more: HashMap::new(),
-            deleted: Vec::new(),
-        };
-        for f in found {
-            for (at, sat, v) in f.more {
-                m.more.entry(at).or_default().push((sat, v));
-            }
-            m.deleted.extend(f.deleted);
+/// Partition by partition: counts each model identifier and finds its state rows, on up
+/// to `threads` threads. `times` are the join's and the matches' CPU time.
+pub(super) fn join(
+    mut model_parts: Vec<Part>,
+    state_parts: Vec<Part>,
+    batch_starts: Vec<u32>,
+    threads: usize,
+    times: [&Time; 2],
+) -> Result<Matches> {
+    let timer = times[0].timer();
+    // Partitions are independent: split them over the session's threads. (Scoped OS
+    // threads: this runs once both inputs have ended, so the runtime has nothing else
+    // of this plan to run meanwhile.)
+    let per = PARTS.div_ceil(threads.clamp(1, PARTS));
+    let found: Vec<Found> = std::thread::scope(|scope| {
+        let running: Vec<_> = model_parts
+            .chunks_mut(per)
+            .zip(state_parts.chunks(per))
+            .map(|(mp, sp)| scope.spawn(|| join_parts(mp, sp)))
+            .collect();
+        running
+            .into_iter()
+            .map(|t| t.join())
+            .collect::<std::result::Result<_, _>>()
+    })
+    .map_err(|_| DataFusionError::Internal("a change detection thread panicked".into()))?;
+    timer.done();
+    let _timer = times[1].timer();
+    let mut m = Matches {
+        model_parts,
+        state_parts,
+        batch_starts,
+        more: HashMap::new(),
+        deleted: Vec::new(),
+    };
+    for f in found {
+        for (at, sat, v) in f.more {
+            m.more.entry(at).or_default().push((sat, v));
         }
-        // In the state's order, whatever the partitions (their seed varies by run).
-        m.deleted.sort_unstable();
-        self.matches = Some(m);
-        Ok(())
+        m.deleted.extend(f.deleted);
     }
+    // In the state's order, whatever the partitions (their seed varies by run).
+    m.deleted.sort_unstable();
+    Ok(m)
 }
 
 #[cfg(test)]

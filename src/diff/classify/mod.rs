@@ -20,9 +20,10 @@
 //! How the pieces fit, in the order a row meets them:
 //! - `provider`: `Classified`, the table the diff reads; its scan leaves out what the
 //!   query does not ask for and plans both inputs.
-//! - `exec`: `ClassifyExec`, the operator over those two inputs, where its columns are.
+//! - `exec`: `ClassifyExec`, the operator over those two inputs; it finds where its
+//!   columns are and starts one job per execution.
 //! - `job`: `ClassifyJob`, one execution: it reads both inputs to their ends, holds the
-//!   model's rows and charges them to the pool.
+//!   model's rows and charges them to the pool, then has them joined.
 //! - `entry`: the partition entries each row's identifier becomes, and the verdicts they
 //!   carry.
 //! - `join`: the partitions joined pairwise, and what the join found (`Matches`).

@@ -22,7 +22,7 @@ use super::{
     COL_CONTACT_ID, COL_IDENTIFIER, COL_KNOWN, COL_PREV_STATUS, COL_RAW, COL_ROW_HASH,
     FIXED_COLUMNS, wanted_state,
 };
-use crate::diff::{CHANGED, DELETED, INVALID, NEW, UNCHANGED};
+use crate::columns::ChangeKind;
 use crate::identity;
 use crate::strings::{Strings, view_of};
 
@@ -30,7 +30,13 @@ use crate::strings::{Strings, view_of};
 const DELETED_BATCH: usize = 8192;
 
 /// The change kinds, by `kind_of`.
-const KINDS: [&str; 5] = [NEW, CHANGED, UNCHANGED, INVALID, DELETED];
+const KINDS: [&str; 5] = [
+    ChangeKind::New.as_str(),
+    ChangeKind::Changed.as_str(),
+    ChangeKind::Unchanged.as_str(),
+    ChangeKind::Invalid.as_str(),
+    ChangeKind::Deleted.as_str(),
+];
 const KIND_DELETED: usize = 4;
 
 fn kind_of(verdict: u8) -> usize {
@@ -342,7 +348,7 @@ mod tests {
     use super::super::entry::{V_CHANGED, V_UNCHANGED};
     use super::super::fixtures::*;
     use super::*;
-    use crate::diff::{KIND, REASON};
+    use crate::columns::{KIND, REASON};
     use crate::state;
 
     #[test]
@@ -368,7 +374,7 @@ mod tests {
         let out: Vec<RecordBatch> = Iterator::collect::<Result<_>>(job).unwrap();
         let mut rows: Vec<String> = Vec::new();
         for b in &out {
-            let col = |name: &str| crate::diff::string_column(b, name).unwrap();
+            let col = |name: &str| crate::columns::string_column(b, name).unwrap();
             let (kinds, ids, values) = (col(KIND), col(state::IDENTIFIER), col("a"));
             let contact_ids = col(state::CONTACT_ID);
             for i in 0..b.num_rows() {
@@ -397,7 +403,7 @@ mod tests {
         let out: Vec<RecordBatch> = Iterator::collect::<Result<_>>(job).unwrap();
         let mut rows: Vec<String> = Vec::new();
         for b in &out {
-            let col = |name: &str| crate::diff::string_column(b, name).unwrap();
+            let col = |name: &str| crate::columns::string_column(b, name).unwrap();
             let (kinds, ids, reasons) = (col(KIND), col(state::IDENTIFIER), col(REASON));
             for i in 0..b.num_rows() {
                 let reason = reasons.is_valid(i).then(|| reasons.value(i));
@@ -521,12 +527,12 @@ mod tests {
             .collect();
         let mut want: Vec<&str> = (0..21)
             .map(|k| match k {
-                _ if k % 2 == 1 => NEW,
-                _ if (k / 2) % 3 == 0 => CHANGED,
-                _ => UNCHANGED,
+                _ if k % 2 == 1 => ChangeKind::New.as_str(),
+                _ if (k / 2) % 3 == 0 => ChangeKind::Changed.as_str(),
+                _ => ChangeKind::Unchanged.as_str(),
             })
             .collect();
-        want.extend([DELETED; 9]);
+        want.extend([ChangeKind::Deleted.as_str(); 9]);
         assert_eq!(kinds, want);
         for threads in [2, 3] {
             let out: Vec<Result<RecordBatch>> = build(threads).into_stream().collect().await;
@@ -553,7 +559,15 @@ mod tests {
         );
         let (kinds, reasons) = (kinds.as_string_view(), reasons.as_string_view());
         let kinds: Vec<&str> = kinds.iter().map(Option::unwrap).collect();
-        assert_eq!(kinds, [NEW, INVALID, UNCHANGED, CHANGED]);
+        assert_eq!(
+            kinds,
+            [
+                ChangeKind::New.as_str(),
+                ChangeKind::Invalid.as_str(),
+                ChangeKind::Unchanged.as_str(),
+                ChangeKind::Changed.as_str()
+            ]
+        );
         let reasons: Vec<Option<&str>> = reasons.iter().collect();
         assert_eq!(
             reasons,
@@ -563,7 +577,10 @@ mod tests {
         let long: usize = REASONS.iter().map(|r| r.len()).filter(|&n| n > 12).sum();
         assert_eq!(reasons_bytes(&REASONS), long);
         let deleted = few_strings(&KINDS, (0..3).map(|_| Some(KIND_DELETED)));
-        assert_eq!(deleted.as_string_view().value(2), DELETED);
+        assert_eq!(
+            deleted.as_string_view().value(2),
+            ChangeKind::Deleted.as_str()
+        );
     }
 
     fn reasons_bytes(strings: &[&str]) -> usize {

@@ -13,8 +13,8 @@ use datafusion::prelude::DataFrame;
 
 use super::exec::ClassifyExec;
 use super::{FIXED_COLUMNS, S_HASH, S_ID, wanted_state};
+use crate::columns::{KIND, KNOWN_CONTACT_ID, PREV_STATUS, RAW_IDENTIFIER, REASON};
 use crate::config::Key;
-use crate::diff::{KIND, KNOWN_CONTACT_ID, PREV_STATUS, RAW_IDENTIFIER, REASON};
 use crate::state;
 
 /// The change set of one model frame against one compact state frame, as a table.

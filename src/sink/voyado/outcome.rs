@@ -21,6 +21,23 @@ pub enum Outcome {
     Deleted,
 }
 
+impl Outcome {
+    /// The outcome's name in reports: the key of its count in [`OutcomeCounts`] and of its
+    /// samples.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Created(_) => "created",
+            Outcome::Updated(_) => "updated",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::NotFound => "not_found",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::Failed(_) => "failed",
+            Outcome::Deleted => "deleted",
+        }
+    }
+}
+
+/// Serialised field by field into reports, each field named as [`Outcome::as_str`].
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct OutcomeCounts {
     pub created: u64,
@@ -59,5 +76,30 @@ impl Recorded for Outcome {
             Outcome::Deleted => Recording::Deleted,
             Outcome::Failed(_) => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_counted_outcome_is_reported_under_its_name() {
+        let all = [
+            Outcome::Created(None),
+            Outcome::Updated(None),
+            Outcome::Skipped(None),
+            Outcome::NotFound,
+            Outcome::Rejected(String::new()),
+            Outcome::Failed(String::new()),
+        ];
+        for o in &all {
+            let mut counts = OutcomeCounts::default();
+            counts.add(o);
+            let json = serde_json::to_value(counts).unwrap();
+            assert_eq!(json[o.as_str()], 1, "{o:?}");
+        }
+        let keys = serde_json::to_value(OutcomeCounts::default()).unwrap();
+        assert_eq!(keys.as_object().unwrap().len(), all.len());
     }
 }

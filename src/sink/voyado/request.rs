@@ -1,16 +1,18 @@
 //! The request builder: staged change-set rows, decoded into one encoded row per new or
 //! changed row (with the values to send), in chunks no larger than the sink wants at once.
 
-use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::encode::ColumnEncoder;
 use super::outcome::Outcome;
-use crate::diff::{CHANGED, DELETED, KIND, KNOWN_CONTACT_ID, NEW, PREV_STATUS, string_column};
+use crate::columns::{
+    self, CHANGED_ATTRIBUTES, ChangeKind, KNOWN_CONTACT_ID, PREV_STATUS, string_column,
+};
 use crate::error::{Error, Result};
-use crate::stage::CHANGED_COLUMNS;
-use crate::state;
+use crate::state::{self, SnapshotStatus};
+use crate::strings::Strings;
 
 /// One staged row, encoded.
 #[derive(Debug, Clone)]
@@ -38,12 +40,22 @@ pub fn encode_rows(
     batch: &RecordBatch,
     attrs: &[String],
 ) -> Result<(Vec<(usize, Outcome)>, Vec<(usize, EncodedRow)>)> {
-    let kinds = string_column(batch, KIND)?;
+    let kinds = columns::kinds(batch)?;
     let ids = string_column(batch, state::IDENTIFIER)?;
     let prev_status = string_column(batch, PREV_STATUS)?;
     let contact_ids = string_column(batch, state::CONTACT_ID)?;
     let known_ids = string_column(batch, KNOWN_CONTACT_ID)?;
-    let changed_cols = string_column(batch, CHANGED_COLUMNS)?;
+    let changed_lists = batch
+        .column_by_name(CHANGED_ATTRIBUTES)
+        .and_then(|c| c.as_list_opt::<i32>())
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "staged change set has no list column {CHANGED_ATTRIBUTES}"
+            ))
+        })?;
+    let changed_names = Strings::new(changed_lists.values())
+        .map_err(|e| Error::Internal(format!("staged column {CHANGED_ATTRIBUTES}: {e}")))?;
+    let offsets = changed_lists.value_offsets();
     let encoders = attrs
         .iter()
         .map(|a| {
@@ -55,29 +67,34 @@ pub fn encode_rows(
         .collect::<Result<Vec<_>>>()?;
     let mut known = Vec::new();
     let mut rows = Vec::new();
-    for i in 0..batch.num_rows() {
-        let kind = kinds.value(i);
-        if kind == DELETED {
-            known.push((i, Outcome::Deleted));
-            continue;
+    for (i, &kind) in kinds.iter().enumerate() {
+        match kind {
+            ChangeKind::Deleted => {
+                known.push((i, Outcome::Deleted));
+                continue;
+            }
+            ChangeKind::New | ChangeKind::Changed => {}
+            ChangeKind::Unchanged | ChangeKind::Invalid => continue,
         }
-        if kind != NEW && kind != CHANGED {
-            continue;
-        }
-        let prev = opt(&prev_status, i);
-        let as_new =
-            kind == NEW || matches!(prev.as_deref(), Some(state::NOT_FOUND | state::REJECTED));
+        let prev = prev_status
+            .is_valid(i)
+            .then(|| prev_status.value(i))
+            .and_then(SnapshotStatus::parse);
+        let as_new = kind == ChangeKind::New
+            || matches!(
+                prev,
+                Some(SnapshotStatus::NotFound | SnapshotStatus::Rejected)
+            );
         let full: Vec<(String, String)> = encoders
             .iter()
             .filter_map(|(a, e)| e.json(i).map(|v| (a.clone(), v)))
             .collect();
-        let changed = if as_new {
+        let changed = if as_new || changed_lists.is_null(i) {
             Vec::new()
         } else {
-            let names = opt(&changed_cols, i).unwrap_or_default();
-            let names: Vec<&str> = names.split(',').collect();
+            let names = offsets[i] as usize..offsets[i + 1] as usize;
             full.iter()
-                .filter(|(a, _)| names.contains(&a.as_str()))
+                .filter(|(a, _)| names.clone().any(|j| changed_names.get(j) == Some(a)))
                 .cloned()
                 .collect()
         };
@@ -144,13 +161,16 @@ impl Rechunker {
 mod tests {
     use std::sync::Arc;
 
+    use datafusion::arrow::array::builder::{ListBuilder, StringBuilder};
     use datafusion::arrow::array::{ArrayRef, Int64Array};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
+    use crate::columns::KIND;
 
-    /// One staged row: kind, identifier, previous status, contactId, changed attributes,
-    /// and the attributes `a` (text) and `n` (number).
+    /// One staged row: kind, identifier, previous status, contactId, changed attributes
+    /// (comma-separated here, a list in the batch), and the attributes `a` (text) and `n`
+    /// (number).
     type Row<'a> = (
         &'a str,
         &'a str,
@@ -165,23 +185,33 @@ mod tests {
         let col = |f: fn(&Row<'_>) -> Option<String>| -> ArrayRef {
             Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
         };
+        let mut changed = ListBuilder::new(StringBuilder::new());
+        for r in rows {
+            match r.4 {
+                Some(names) => {
+                    changed.append_value(names.split(',').map(Some));
+                }
+                None => changed.append_null(),
+            }
+        }
+        let changed = changed.finish();
         let names = [
             KIND,
             state::IDENTIFIER,
             PREV_STATUS,
             state::CONTACT_ID,
             KNOWN_CONTACT_ID,
-            CHANGED_COLUMNS,
+            CHANGED_ATTRIBUTES,
             "a",
             "n",
         ];
         let fields: Vec<Field> = names
             .iter()
             .map(|n| {
-                let t = if *n == "n" {
-                    DataType::Int64
-                } else {
-                    DataType::Utf8
+                let t = match *n {
+                    "n" => DataType::Int64,
+                    CHANGED_ATTRIBUTES => changed.data_type().clone(),
+                    _ => DataType::Utf8,
                 };
                 Field::new(*n, t, true)
             })
@@ -192,7 +222,7 @@ mod tests {
             col(|r| r.2.map(String::from)),
             col(|r| r.3.map(String::from)),
             col(|_| None),
-            col(|r| r.4.map(String::from)),
+            Arc::new(changed.clone()) as ArrayRef,
             col(|r| r.5.map(String::from)),
             Arc::new(Int64Array::from(
                 rows.iter().map(|r| r.6).collect::<Vec<_>>(),
@@ -210,9 +240,9 @@ mod tests {
     #[test]
     fn staged_rows_become_encoded_rows_with_only_their_changed_values() {
         let batch = staged(&[
-            (NEW, "n@x.se", None, None, None, Some("Ann"), Some(1)),
+            ("new", "n@x.se", None, None, None, Some("Ann"), Some(1)),
             (
-                CHANGED,
+                "changed",
                 "c@x.se",
                 Some("delivered"),
                 Some("c-1"),
@@ -221,7 +251,7 @@ mod tests {
                 Some(2),
             ),
             (
-                DELETED,
+                "deleted",
                 "d@x.se",
                 Some("delivered"),
                 Some("c-2"),
@@ -230,7 +260,7 @@ mod tests {
                 None,
             ),
             (
-                CHANGED,
+                "changed",
                 "r@x.se",
                 Some("rejected"),
                 Some("c-3"),
@@ -248,7 +278,7 @@ mod tests {
                 Some(4),
             ),
             (
-                CHANGED,
+                "changed",
                 "e@x.se",
                 Some("delivered"),
                 Some("c-5"),
@@ -317,7 +347,7 @@ mod tests {
 
     #[test]
     fn chunks_hold_a_fixed_number_of_rows_and_the_rest_at_the_end() {
-        let batch = staged(&[(NEW, "a", None, None, None, None, None); 5]);
+        let batch = staged(&[("new", "a", None, None, None, None, None); 5]);
         let mut r = Rechunker::new(batch.schema(), 3);
         r.push(batch.slice(0, 2));
         assert!(r.next_chunk(false).unwrap().is_none());

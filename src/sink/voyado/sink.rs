@@ -164,19 +164,22 @@ impl<'a> Sink<'a> {
         let mut rejected_reasons = Vec::new();
         for (_, identifier, o) in &done {
             self.delivered.outcomes.add(o);
-            let (kind, reason) = match o {
-                Outcome::Rejected(r) => ("rejected", r),
-                Outcome::Failed(r) => ("failed", r),
+            let reason = match o {
+                Outcome::Rejected(r) | Outcome::Failed(r) => r,
                 _ => continue,
             };
-            let list = self.delivered.samples.entry(kind.to_string()).or_default();
+            let list = self
+                .delivered
+                .samples
+                .entry(o.as_str().to_string())
+                .or_default();
             if list.len() < 5 {
                 list.push(Sample {
                     identifier: Some(identifier.clone()),
                     reason: Some(reason.clone()),
                 });
             }
-            if kind == "rejected" {
+            if matches!(o, Outcome::Rejected(_)) {
                 rejected_ids.push(identifier.clone());
                 rejected_reasons.push(reason.clone());
             }

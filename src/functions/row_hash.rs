@@ -601,7 +601,7 @@ mod tests {
             ColumnarValue::Scalar(ScalarValue::Utf8(Some("n".into()))),
             ColumnarValue::Array(n),
         ];
-        let out = crate::catalog::call_udf(udf, args, 1);
+        let out = crate::functions::call_udf(udf, args, 1);
         let bytes = out.as_fixed_size_binary().value(0).to_vec();
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -640,7 +640,7 @@ mod tests {
             name: HASH_PREFIX,
             signature: Signature::any(1, Volatility::Immutable),
         });
-        let out = crate::catalog::call_udf(udf, vec![ColumnarValue::Array(Arc::new(hashes))], 2);
+        let out = crate::functions::call_udf(udf, vec![ColumnarValue::Array(Arc::new(hashes))], 2);
         let out = out.as_fixed_size_binary();
         assert_eq!(out.value_length(), 8);
         assert!(out.is_null(0));
@@ -662,7 +662,7 @@ mod tests {
                 ]
             })
             .collect();
-        let out = crate::catalog::call_udf(udf, args, 1);
+        let out = crate::functions::call_udf(udf, args, 1);
         let bytes = out.as_fixed_size_binary().value(0).to_vec();
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
