@@ -18,10 +18,12 @@
 //! - [`pipeline`]: one file per command (`check`, `plan`, `baseline`, `run`, `reset`,
 //!   `history`), the only place that strings the stages together; [`report`]: what they
 //!   print.
-//! The Voyado Engage emulator that tests and `demo` run against is its own crate,
-//! `voyado-emulator` (folder `emulator/`), sharing no code with this one.
 //! - `cluster` (feature `ballista`): a Ballista scheduler or executor with the crate's
 //!   functions and object stores, for `[engine] kind = "ballista"`.
+//! - [`error`]: one crate error whose kind, and so the exit code, follows from the failure.
+//!
+//! The Voyado Engage emulator that tests and `demo` run against is its own crate,
+//! `voyado-emulator` (folder `emulator/`), sharing no code with this one.
 
 pub mod catalog;
 pub mod cli;

@@ -14,7 +14,7 @@ use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 use crate::strings::{cast_columns, plain_fields};
 
 /// The routing column the spilled frames carry last (dropped before writing).
@@ -78,7 +78,7 @@ impl Router {
         let streams = df
             .execute_stream_partitioned()
             .await
-            .map_err(|e| Error::Input(df_message(what, &e)))?;
+            .map_err(|e| Error::engine(what, e))?;
         if self.files.len() < streams.len() {
             self.files.resize_with(streams.len(), || None);
         }
@@ -97,7 +97,7 @@ impl Router {
             tasks.spawn(async move {
                 let mut rows = 0u64;
                 while let Some(batch) = stream.next().await {
-                    let batch = batch.map_err(|e| Error::Input(df_message(&what, &e)))?;
+                    let batch = batch.map_err(|e| Error::engine(&what, e))?;
                     rows += batch.num_rows() as u64;
                     files.route(&batch)?;
                 }
@@ -256,7 +256,7 @@ pub fn temp_dir() -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix(&format!("{}{}-", SPILL_PREFIX, owner()))
         .tempdir_in(&root)
-        .map_err(|e| Error::Storage(format!("temporary folder for spilled rows: {}", e.kind())))
+        .map_err(|e| Error::io("temporary folder for spilled rows", e))
 }
 
 const SPILL_PREFIX: &str = "voyado-sync-spill-";

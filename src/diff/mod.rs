@@ -42,7 +42,7 @@ use strategy::{Inputs, Strategy};
 pub use tally::{Tally, log_metrics, summarize};
 
 use crate::config::Settings;
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 use crate::state::{self, Manifest, quote};
 
 /// Column names of the classified change set (attribute columns follow, by attribute name).
@@ -221,11 +221,11 @@ pub fn string_column(batch: &RecordBatch, name: &str) -> Result<StringArray> {
         .column_by_name(name)
         .ok_or_else(|| Error::Internal(format!("change set has no column {name}")))?;
     let c = cast(c, &DataType::Utf8)
-        .map_err(|e| Error::Internal(format!("change set column {name}: {e}")))?;
+        .map_err(|e| Error::arrow(format!("change set column {name}"), e))?;
     Ok(c.as_string::<i32>().clone())
 }
 
 fn fail(what: &str) -> impl Fn(datafusion::error::DataFusionError) -> Error {
     let what = what.to_string();
-    move |e| Error::Input(df_message(&what, &e))
+    move |e| Error::engine(&what, e)
 }

@@ -9,7 +9,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use super::sql::Rules;
 use super::{KNOWN_CONTACT_ID, classify, fail};
 use crate::config::Settings;
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 
 /// The three ways to classify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,9 +113,9 @@ pub(super) fn classified(
         values,
         expected.min(1 << 28) as usize,
     )
-    .map_err(|e| Error::Internal(df_message("change detection", &e)))?;
+    .map_err(|e| Error::engine("change detection", e))?;
     ctx.read_table(Arc::new(table))
-        .map_err(|e| Error::Internal(df_message("change detection", &e)))
+        .map_err(|e| Error::engine("change detection", e))
 }
 
 #[cfg(test)]

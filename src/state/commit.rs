@@ -18,7 +18,7 @@ use super::{
 use crate::catalog::temp_view;
 use crate::config::Settings;
 use crate::diff::{self, CHANGED, KIND, NEW, UNCHANGED};
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 
 /// What a delta records of one row the sink answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +55,7 @@ pub fn delta_batch<O: Recorded>(
     if recorded.is_empty() {
         return Ok(None);
     }
-    let err =
-        |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("building a delta: {e}"));
+    let err = |e: datafusion::arrow::error::ArrowError| Error::arrow("building a delta", e);
     let col = |name: &str| -> Result<&ArrayRef> {
         staged
             .column_by_name(name)
@@ -217,7 +216,7 @@ impl<'a> Checkpoints<'a> {
 }
 
 fn df_err(what: &'static str) -> impl Fn(datafusion::error::DataFusionError) -> Error {
-    move |e| Error::Storage(df_message(what, &e))
+    move |e| Error::state_files(what, e)
 }
 
 impl State {
@@ -306,15 +305,15 @@ impl State {
         cols.extend(settings.attributes.iter().map(|m| quote(&m.attribute)));
         let mut rows = Vec::new();
         for df in buckets {
-            let name = temp_view(ctx, "baseline", df.clone())
-                .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
+            let name =
+                temp_view(ctx, "baseline", df.clone()).map_err(|e| Error::engine("baseline", e))?;
             let df = ctx
                 .sql(&format!(
                     "SELECT {} FROM {name} WHERE {KIND} IN ('{NEW}', '{CHANGED}', '{UNCHANGED}')",
                     cols.join(", ")
                 ))
                 .await
-                .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
+                .map_err(|e| Error::engine("baseline", e))?;
             rows.push(df);
         }
         self.commit(prev, rows, fields).await
@@ -352,7 +351,7 @@ impl State {
         let existed = self.manifest().await?.is_some();
         match self.store.delete(&self.path("manifest.json")).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(storage("removing manifest.json", &e)),
+            Err(e) => return Err(storage("removing manifest.json", e)),
         }
         for dir in ["snapshots", "deltas", "staged"] {
             self.remove_unlisted(dir, &[]).await;

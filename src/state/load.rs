@@ -10,7 +10,7 @@ use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, i
 
 use super::{CONTACT_ID, FIXED_COLUMNS, IDENTIFIER, Manifest, OP, ROW_HASH, STATUS, State, quote};
 use crate::catalog::temp_view;
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 
 /// The delta column ordering deltas while they are applied.
 const SEQ: &str = "_seq";
@@ -54,7 +54,7 @@ impl State {
         let mut deltas: Option<DataFrame> = None;
         for (rel, df, seq) in frames {
             let ctxmsg = |e: datafusion::error::DataFusionError| {
-                Error::Storage(df_message(&format!("state: {rel}"), &e))
+                Error::state_files(format!("state: {rel}"), e)
             };
             match seq {
                 None => {
@@ -74,9 +74,8 @@ impl State {
                 }
             }
         }
-        let fail = |e: datafusion::error::DataFusionError| {
-            Error::Storage(df_message("state: applying deltas", &e))
-        };
+        let fail =
+            |e: datafusion::error::DataFusionError| Error::state_files("state: applying deltas", e);
         let base = match base {
             Some(b) => b,
             None => empty_frame(ctx, &target).map_err(fail)?,
@@ -109,7 +108,7 @@ impl State {
     async fn read(&self, ctx: &SessionContext, rel: &str) -> Result<DataFrame> {
         ctx.read_parquet(self.url(rel), ParquetReadOptions::default())
             .await
-            .map_err(|e| Error::Storage(df_message(&format!("state: cannot read {rel}"), &e)))
+            .map_err(|e| Error::state_files(format!("state: cannot read {rel}"), e))
     }
 }
 

@@ -10,7 +10,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result, one_line};
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockInfo {
@@ -83,10 +83,7 @@ impl Lock {
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => {}
                 Err(e) => {
-                    return Err(Error::Storage(format!(
-                        "state: cannot create lock {path}: {}",
-                        one_line(&e)
-                    )));
+                    return Err(Error::store(format!("state: cannot create lock {path}"), e));
                 }
             }
             // Held: decide whether its owner is still there.
@@ -94,10 +91,7 @@ impl Lock {
                 Ok(r) => r.bytes().await.ok(),
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => {
-                    return Err(Error::Storage(format!(
-                        "state: cannot read lock {path}: {}",
-                        one_line(&e)
-                    )));
+                    return Err(Error::store(format!("state: cannot read lock {path}"), e));
                 }
             };
             let holder: Option<LockInfo> = existing.and_then(|b| serde_json::from_slice(&b).ok());
@@ -134,10 +128,10 @@ impl Lock {
             match store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
-                    return Err(Error::Storage(format!(
-                        "state: cannot remove stale lock {path}: {}",
-                        one_line(&e)
-                    )));
+                    return Err(Error::store(
+                        format!("state: cannot remove stale lock {path}"),
+                        e,
+                    ));
                 }
             }
         }
@@ -150,11 +144,10 @@ impl Lock {
         self.released = true;
         match self.store.delete(&self.path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Error::Storage(format!(
-                "state: cannot remove lock {}: {}",
-                self.path,
-                one_line(&e)
-            ))),
+            Err(e) => Err(Error::store(
+                format!("state: cannot remove lock {}", self.path),
+                e,
+            )),
         }
     }
 }

@@ -41,7 +41,7 @@ impl State {
                 let bytes = r
                     .bytes()
                     .await
-                    .map_err(|e| storage("reading manifest.json", &e))?;
+                    .map_err(|e| storage("reading manifest.json", e))?;
                 let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
                     Error::Storage(format!(
                         "state: {}/manifest.json is not a valid manifest: {e}",
@@ -57,7 +57,7 @@ impl State {
                 Ok(Some(m))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(storage("reading manifest.json", &e)),
+            Err(e) => Err(storage("reading manifest.json", e)),
         }
     }
 
@@ -67,7 +67,7 @@ impl State {
         self.store
             .put(&self.path("manifest.json"), PutPayload::from(body))
             .await
-            .map_err(|e| storage("writing manifest.json", &e))?;
+            .map_err(|e| storage("writing manifest.json", e))?;
         Ok(())
     }
 }
