@@ -13,6 +13,7 @@ use datafusion::error::DataFusionError;
 use datafusion::parquet::errors::ParquetError;
 
 pub use crate::sink::voyado::VoyadoError;
+pub use crate::state::StateError;
 
 /// Exit codes documented in the README. Every command maps its outcome to one of these.
 pub mod exit {
@@ -71,21 +72,6 @@ pub enum Error {
         #[source]
         source: DataFusionError,
     },
-    /// DataFusion failed reading the state's own files: undecodable data there means a
-    /// damaged state, a storage failure rather than the user's input.
-    #[error("{context}: {}", one_line(source))]
-    StateFiles {
-        context: String,
-        #[source]
-        source: DataFusionError,
-    },
-    /// An object store call failed.
-    #[error("{context}: {}", one_line(source))]
-    Store {
-        context: String,
-        #[source]
-        source: object_store::Error,
-    },
     /// A local file or folder could not be used; the message names the kind of failure
     /// (`permission denied`), which is what a user acts on.
     #[error("{context}: {}", source.kind())]
@@ -94,7 +80,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Arrow failed on batches this crate built itself.
+    /// Arrow failed on batches this crate built itself: a bug, unless it failed on I/O.
     #[error("{context}: {}", one_line(source))]
     Arrow {
         context: String,
@@ -109,18 +95,18 @@ pub enum Error {
         #[source]
         source: ParquetError,
     },
+    /// The state location failed or holds something unusable, or the lock is held.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// Voyado refused the credentials or could not be used.
     #[error(transparent)]
     Voyado(#[from] VoyadoError),
     /// The model or its input data is unusable, found by this crate's own checks.
     #[error("{0}")]
     Input(String),
-    /// The state is unusable, found by this crate's own checks.
-    #[error("{0}")]
-    Storage(String),
-    /// Another run of the same sync holds the lock.
-    #[error("{0}")]
-    Locked(String),
+    /// The `emulator` command could not start or could not write its dump.
+    #[error(transparent)]
+    Emulator(#[from] voyado_emulator::CliError),
     /// A guard refused the run before anything was sent.
     #[error("{0}")]
     Guard(String),
@@ -137,21 +123,6 @@ impl Error {
     /// A DataFusion failure while `context` (the stage or the key it came from).
     pub fn engine(context: impl Into<String>, source: DataFusionError) -> Self {
         Error::Engine {
-            context: context.into(),
-            source,
-        }
-    }
-
-    /// A DataFusion failure reading the state's own files.
-    pub fn state_files(context: impl Into<String>, source: DataFusionError) -> Self {
-        Error::StateFiles {
-            context: context.into(),
-            source,
-        }
-    }
-
-    pub fn store(context: impl Into<String>, source: object_store::Error) -> Self {
-        Error::Store {
             context: context.into(),
             source,
         }
@@ -183,14 +154,14 @@ impl Error {
             Error::Config(_) => ErrorKind::Config,
             Error::Problems(all) => problems_kind(all),
             Error::Engine { source, .. } => engine_kind(source),
-            Error::StateFiles { source, .. } => classify(source, ErrorKind::Storage),
-            Error::Store { .. } | Error::Io { .. } => ErrorKind::Storage,
+            Error::State(e) => e.kind(),
+            Error::Io { .. } => ErrorKind::Storage,
             Error::Arrow { source, .. } => arrow_kind(source, ErrorKind::Internal),
             Error::Parquet { source, .. } => parquet_kind(source, ErrorKind::Internal),
             Error::Voyado(e) => e.kind(),
             Error::Input(_) => ErrorKind::Input,
-            Error::Storage(_) => ErrorKind::Storage,
-            Error::Locked(_) => ErrorKind::Locked,
+            Error::Emulator(voyado_emulator::CliError::Input(_)) => ErrorKind::Input,
+            Error::Emulator(voyado_emulator::CliError::Storage(_)) => ErrorKind::Storage,
             Error::Guard(_) => ErrorKind::Guard,
             Error::Internal(_) => ErrorKind::Internal,
         }
@@ -229,7 +200,7 @@ pub fn engine_kind(e: &DataFusionError) -> ErrorKind {
 
 /// [`engine_kind`], with `data` the kind of data that cannot be decoded or computed: the
 /// user's input, or a damaged state.
-fn classify(e: &DataFusionError, data: ErrorKind) -> ErrorKind {
+pub(crate) fn classify(e: &DataFusionError, data: ErrorKind) -> ErrorKind {
     match e {
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
             classify(inner, data)
@@ -284,7 +255,7 @@ fn external_kind(
 }
 
 /// A path a query reads that does not exist is a wrong path (input); any other store
-/// failure is storage. (The state's own files are read as [`Error::StateFiles`].)
+/// failure is storage. (The state's own files are read as [`StateError::Files`].)
 fn store_kind(e: &object_store::Error, data: ErrorKind) -> ErrorKind {
     match e {
         object_store::Error::NotFound { .. } => data,
@@ -328,6 +299,10 @@ mod tests {
             path: "data/a.parquet".into(),
             source: "no such object".into(),
         }
+    }
+
+    fn store_error(context: &str, e: object_store::Error) -> Error {
+        StateError::store(context, e).into()
     }
 
     fn df(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> DataFusionError {
@@ -425,7 +400,7 @@ mod tests {
             ("external internal", df(D::Internal("x".into())), 1, 1),
             (
                 "external crate error",
-                df(Error::Locked("held".into())),
+                df(Error::from(StateError::Locked("held".into()))),
                 4,
                 4,
             ),
@@ -436,7 +411,8 @@ mod tests {
             let shared = Arc::new(e);
             let got = (
                 Error::engine("model", DataFusionError::Shared(Arc::clone(&shared))).exit_code(),
-                Error::state_files("state", DataFusionError::Shared(shared)).exit_code(),
+                Error::from(StateError::files("state", DataFusionError::Shared(shared)))
+                    .exit_code(),
             );
             if got != (engine, state) {
                 wrong.push(format!("{name}: {got:?} instead of {:?}", (engine, state)));
@@ -453,7 +429,7 @@ mod tests {
             ("input", Error::Input("x".into()), exit::INPUT),
             (
                 "store",
-                Error::store("state: x", store_missing()),
+                store_error("state: x", store_missing()),
                 exit::INCOMPLETE,
             ),
             (
@@ -493,20 +469,24 @@ mod tests {
                 .into(),
                 exit::INCOMPLETE,
             ),
-            ("locked", Error::Locked("x".into()), exit::INCOMPLETE),
+            (
+                "locked",
+                StateError::Locked("x".into()).into(),
+                exit::INCOMPLETE,
+            ),
             ("guard", Error::Guard("x".into()), exit::GUARD),
             ("internal", Error::Internal("x".into()), exit::INTERNAL),
             (
                 "problems: config before storage",
                 Error::Problems(vec![
-                    Error::store("state: x", store_down()),
+                    store_error("state: x", store_down()),
                     Error::config("x"),
                 ]),
                 exit::INPUT,
             ),
             (
                 "problems: storage only",
-                Error::Problems(vec![Error::store("state: x", store_down())]),
+                Error::Problems(vec![store_error("state: x", store_down())]),
                 exit::INCOMPLETE,
             ),
             (
@@ -547,7 +527,7 @@ mod tests {
         assert_eq!(e.to_string(), "state: cannot create /x: permission denied");
         let e = Error::Problems(vec![
             Error::Config(vec!["a".into(), "b".into()]),
-            Error::store("state: reading manifest.json", store_down()),
+            store_error("state: reading manifest.json", store_down()),
         ]);
         assert_eq!(
             e.to_string(),

@@ -135,12 +135,8 @@ struct BucketFiles {
     paths: Vec<PathBuf>,
 }
 
-fn io(what: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Storage(format!(
-        "temporary file {}: {}",
-        what.display(),
-        crate::error::one_line(&e)
-    ))
+fn temporary(path: &Path) -> String {
+    format!("temporary file {}", path.display())
 }
 
 impl BucketFiles {
@@ -150,9 +146,9 @@ impl BucketFiles {
         let mut paths = Vec::new();
         for b in 0..buckets {
             let path = dir.join(format!("{name}-{b}.arrow"));
-            let file = File::create(&path).map_err(|e| io(&path, e))?;
+            let file = File::create(&path).map_err(|e| Error::io(temporary(&path), e))?;
             let w = FileWriter::try_new(BufWriter::with_capacity(256 << 10, file), &schema)
-                .map_err(|e| io(&path, e))?;
+                .map_err(|e| Error::arrow(temporary(&path), e))?;
             writers.push(w);
             paths.push(path);
         }
@@ -175,9 +171,7 @@ impl BucketFiles {
             })?;
             b.push(i as u32);
         }
-        let arrow = |e: datafusion::arrow::error::ArrowError| {
-            Error::Internal(format!("routing rows to diff buckets: {e}"))
-        };
+        let arrow = |e| Error::arrow("routing rows to diff buckets", e);
         // Plain arrays, as `without_bucket` says.
         let rows = cast_columns(&batch.columns()[..last], &self.schema).map_err(arrow)?;
         for (b, idx) in indices.into_iter().enumerate() {
@@ -201,10 +195,10 @@ impl BucketFiles {
             return Ok(());
         }
         let batch = concat_batches(&self.schema, &parts)
-            .map_err(|e| Error::Internal(format!("gathering a diff bucket: {e}")))?;
+            .map_err(|e| Error::arrow("gathering a diff bucket", e))?;
         self.writers[b]
             .write(&batch)
-            .map_err(|e| io(&self.paths[b], e))
+            .map_err(|e| Error::arrow(temporary(&self.paths[b]), e))
     }
 
     /// Writes what is pending and closes the files; returns their paths, by bucket.
@@ -213,7 +207,7 @@ impl BucketFiles {
             self.flush(b)?;
         }
         for (w, path) in self.writers.iter_mut().zip(&self.paths) {
-            w.finish().map_err(|e| io(path, e))?;
+            w.finish().map_err(|e| Error::arrow(temporary(path), e))?;
         }
         Ok(self.paths)
     }

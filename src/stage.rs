@@ -19,7 +19,7 @@ use crate::catalog::temp_view;
 use crate::config::Settings;
 use crate::diff::{CHANGED, ChangeSet, DELETED, INVALID, KIND, NEW, Summary, Tally};
 use crate::error::{Error, Result};
-use crate::state::{self, State, quote};
+use crate::state::{self, State, StateError, quote};
 
 pub const CHANGED_COLUMNS: &str = "_changed";
 
@@ -69,7 +69,7 @@ impl Staged {
         state: &State,
     ) -> Result<SendableRecordBatchStream> {
         let fail = |e: datafusion::error::DataFusionError| {
-            Error::state_files("reading the staged change set", e)
+            Error::from(StateError::files("reading the staged change set", e))
         };
         ctx.read_parquet(state.url(&self.rel), ParquetReadOptions::default())
             .await
@@ -136,7 +136,7 @@ pub async fn stage(
     invalid.close().await.map_err(|e| werr(&invalid_rel, e))?;
 
     // Pass 2: which attributes changed, from the stored values.
-    let fail = |e: datafusion::error::DataFusionError| Error::state_files("staging", e);
+    let fail = |e: datafusion::error::DataFusionError| Error::from(StateError::files("staging", e));
     let staged = ctx
         .read_parquet(state.url(&pass1), ParquetReadOptions::default())
         .await

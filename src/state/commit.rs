@@ -11,6 +11,7 @@ use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::prelude::{DataFrame, SessionContext};
 use object_store::ObjectStoreExt;
 
+use super::StateError;
 use super::{
     CONTACT_ID, DELIVERED, IDENTIFIER, Manifest, NOT_FOUND, NewSnapshot, OP, REJECTED, ROW_HASH,
     STATUS, State, manifest, quote, storage,
@@ -216,7 +217,7 @@ impl<'a> Checkpoints<'a> {
 }
 
 fn df_err(what: &'static str) -> impl Fn(datafusion::error::DataFusionError) -> Error {
-    move |e| Error::state_files(what, e)
+    move |e| Error::from(StateError::files(what, e))
 }
 
 impl State {

@@ -119,9 +119,8 @@ impl State {
                 .set_column_compression(ColumnPath::from(column), codec);
         }
         let props = props.build();
-        let fail = |e: &dyn std::fmt::Display| {
-            Error::Storage(format!("state: writing {rel}: {}", one_line(e)))
-        };
+        let what = format!("state: writing {rel}");
+        let fail = |e| Error::parquet(what.clone(), e);
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
             plain_fields(schema.fields()),
             schema.metadata().clone(),
@@ -130,10 +129,11 @@ impl State {
         let mut rows = 0u64;
         while let Some(batch) = batches.try_next().await? {
             rows += batch.num_rows() as u64;
-            let batch = cast_columns(batch.columns(), &schema).map_err(|e| fail(&e))?;
-            writer.write(&batch).await.map_err(|e| fail(&e))?;
+            let batch = cast_columns(batch.columns(), &schema)
+                .map_err(|e| Error::arrow(what.clone(), e))?;
+            writer.write(&batch).await.map_err(fail)?;
         }
-        writer.close().await.map_err(|e| fail(&e))?;
+        writer.close().await.map_err(fail)?;
         Ok(rows)
     }
 

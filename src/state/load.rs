@@ -8,6 +8,7 @@ use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, ident, lit};
 
+use super::StateError;
 use super::{CONTACT_ID, FIXED_COLUMNS, IDENTIFIER, Manifest, OP, ROW_HASH, STATUS, State, quote};
 use crate::catalog::temp_view;
 use crate::error::{Error, Result};
@@ -54,7 +55,7 @@ impl State {
         let mut deltas: Option<DataFrame> = None;
         for (rel, df, seq) in frames {
             let ctxmsg = |e: datafusion::error::DataFusionError| {
-                Error::state_files(format!("state: {rel}"), e)
+                Error::from(StateError::files(format!("state: {rel}"), e))
             };
             match seq {
                 None => {
@@ -74,8 +75,9 @@ impl State {
                 }
             }
         }
-        let fail =
-            |e: datafusion::error::DataFusionError| Error::state_files("state: applying deltas", e);
+        let fail = |e: datafusion::error::DataFusionError| {
+            Error::from(StateError::files("state: applying deltas", e))
+        };
         let base = match base {
             Some(b) => b,
             None => empty_frame(ctx, &target).map_err(fail)?,
@@ -108,7 +110,7 @@ impl State {
     async fn read(&self, ctx: &SessionContext, rel: &str) -> Result<DataFrame> {
         ctx.read_parquet(self.url(rel), ParquetReadOptions::default())
             .await
-            .map_err(|e| Error::state_files(format!("state: cannot read {rel}"), e))
+            .map_err(|e| Error::from(StateError::files(format!("state: cannot read {rel}"), e)))
     }
 }
 

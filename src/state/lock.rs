@@ -10,6 +10,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use super::StateError;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,7 +84,10 @@ impl Lock {
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => {}
                 Err(e) => {
-                    return Err(Error::store(format!("state: cannot create lock {path}"), e));
+                    return Err(Error::from(StateError::store(
+                        format!("state: cannot create lock {path}"),
+                        e,
+                    )));
                 }
             }
             // Held: decide whether its owner is still there.
@@ -91,7 +95,10 @@ impl Lock {
                 Ok(r) => r.bytes().await.ok(),
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => {
-                    return Err(Error::store(format!("state: cannot read lock {path}"), e));
+                    return Err(Error::from(StateError::store(
+                        format!("state: cannot read lock {path}"),
+                        e,
+                    )));
                 }
             };
             let holder: Option<LockInfo> = existing.and_then(|b| serde_json::from_slice(&b).ok());
@@ -115,39 +122,39 @@ impl Lock {
             };
             if !stale {
                 let h = holder.as_ref();
-                return Err(Error::Locked(format!(
+                return Err(Error::from(StateError::Locked(format!(
                     "sync {sync} is locked by another run (run {}, {} by pid {} on {} since {}); try again when it ends",
                     h.map_or("?", |h| h.run_id.as_str()),
                     h.map_or("?", |h| h.command.as_str()),
                     h.map_or(0, |h| h.pid),
                     h.map_or("?", |h| h.host.as_str()),
                     h.map_or("?", |h| h.acquired_at.as_str()),
-                )));
+                ))));
             }
             tracing::warn!(lock = %path, reason = %why, "taking over a stale lock");
             match store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
-                    return Err(Error::store(
+                    return Err(Error::from(StateError::store(
                         format!("state: cannot remove stale lock {path}"),
                         e,
-                    ));
+                    )));
                 }
             }
         }
-        Err(Error::Locked(format!(
+        Err(Error::from(StateError::Locked(format!(
             "sync {sync}: could not take the lock {path}; another run keeps taking it"
-        )))
+        ))))
     }
 
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
         match self.store.delete(&self.path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Error::store(
+            Err(e) => Err(Error::from(StateError::store(
                 format!("state: cannot remove lock {}", self.path),
                 e,
-            )),
+            ))),
         }
     }
 }

@@ -20,6 +20,7 @@
 //! manifests a run and a commit write), `reports`, `manifest` and `lock`.
 
 mod commit;
+mod error;
 mod files;
 mod load;
 pub mod lock;
@@ -37,6 +38,7 @@ use crate::catalog::{redact, register_store};
 use crate::config::{Location, Settings};
 use crate::error::{Error, Result};
 pub use commit::{Checkpoints, Recorded, Recording, delta_batch, run_manifest};
+pub use error::StateError;
 use files::{check_private, create_private_dir};
 pub use load::empty_snapshot;
 pub use lock::Lock;
@@ -71,7 +73,7 @@ pub struct State {
 }
 
 fn storage(what: &str, e: object_store::Error) -> Error {
-    Error::store(format!("state: {what}"), e)
+    StateError::store(format!("state: {what}"), e).into()
 }
 
 impl State {
@@ -99,7 +101,10 @@ impl State {
                 let prefix = ObjPath::from_absolute_path(&dir)
                     .map_err(|e| storage(&dir.display().to_string(), e.into()))?;
                 let url = url::Url::from_directory_path(&dir).map_err(|_| {
-                    Error::Storage(format!("state: {} is not an absolute path", dir.display()))
+                    StateError::Unusable(format!(
+                        "state: {} is not an absolute path",
+                        dir.display()
+                    ))
                 })?;
                 Ok(State {
                     store: Arc::new(object_store::local::LocalFileSystem::new()),
