@@ -254,11 +254,12 @@ fn external_kind(
     }
 }
 
-/// A path a query reads that does not exist is a wrong path (input); any other store
-/// failure is storage. (The state's own files are read as [`StateError::Files`].)
-fn store_kind(e: &object_store::Error, data: ErrorKind) -> ErrorKind {
+/// A path that does not exist is `missing` (a wrong path for a query's input, a damaged
+/// state for the state's files); any other store failure is storage, refused access
+/// included: an expired credential is renewed outside the sync, and the next run passes.
+fn store_kind(e: &object_store::Error, missing: ErrorKind) -> ErrorKind {
     match e {
-        object_store::Error::NotFound { .. } => data,
+        object_store::Error::NotFound { .. } => missing,
         _ => ErrorKind::Storage,
     }
 }
@@ -396,6 +397,24 @@ mod tests {
                 4,
             ),
             ("external store", df(store_down()), 4, 4),
+            (
+                "credentials refused",
+                D::ObjectStore(Box::new(object_store::Error::PermissionDenied {
+                    path: "x".into(),
+                    source: "403".into(),
+                })),
+                4,
+                4,
+            ),
+            (
+                "no credentials",
+                df(object_store::Error::Unauthenticated {
+                    path: "x".into(),
+                    source: "401".into(),
+                }),
+                4,
+                4,
+            ),
             ("external io", df(io(std::io::ErrorKind::TimedOut)), 4, 4),
             ("external internal", df(D::Internal("x".into())), 1, 1),
             (
@@ -430,6 +449,17 @@ mod tests {
             (
                 "store",
                 store_error("state: x", store_missing()),
+                exit::INCOMPLETE,
+            ),
+            (
+                "state store refuses the credentials",
+                store_error(
+                    "state: x",
+                    object_store::Error::Unauthenticated {
+                        path: "x".into(),
+                        source: "401".into(),
+                    },
+                ),
                 exit::INCOMPLETE,
             ),
             (
