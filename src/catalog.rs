@@ -11,7 +11,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use object_store::ObjectStore;
 
 use crate::config::{Engine, Location, Settings};
-use crate::error::{Error, Result, df_message, one_line};
+use crate::error::{Error, Result, one_line};
 
 #[cfg(feature = "ballista")]
 pub mod ballista;
@@ -62,7 +62,7 @@ fn runtime(settings: &Settings) -> Result<Arc<RuntimeEnv>> {
     RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(bytes)))
         .build_arc()
-        .map_err(|e| Error::Internal(df_message("memory pool", &e)))
+        .map_err(|e| Error::engine("memory pool", e))
 }
 
 /// The crate's options, then the user's `[datafusion]` ones, on a session config (shared by
@@ -264,12 +264,8 @@ pub async fn register_sources(ctx: &SessionContext, settings: &Settings) -> Resu
         } else {
             ctx.register_parquet(table.as_str(), &path, opts).await
         };
-        registered.map_err(|e| {
-            Error::Input(df_message(
-                &format!("[source] tables.{table}: cannot read {loc}"),
-                &e,
-            ))
-        })?;
+        registered
+            .map_err(|e| Error::engine(format!("[source] tables.{table}: cannot read {loc}"), e))?;
     }
     Ok(())
 }

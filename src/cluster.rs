@@ -97,7 +97,7 @@ pub async fn run_executor(settings: Option<&Settings>, opts: ExecutorOptions) ->
             temp = tempfile::Builder::new()
                 .prefix("voyado-sync-executor-")
                 .tempdir()
-                .map_err(|e| Error::Storage(format!("executor work folder: {}", e.kind())))?;
+                .map_err(|e| Error::io("executor work folder", e))?;
             temp.path().to_path_buf()
         }
     };
@@ -169,13 +169,13 @@ fn create_private_dir(dir: &std::path::Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| Error::Storage(format!("cannot create {}: {}", dir.display(), e.kind())))
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))
 }
 
 #[cfg(not(unix))]
 fn create_private_dir(dir: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(dir)
-        .map_err(|e| Error::Storage(format!("cannot create {}: {}", dir.display(), e.kind())))
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))
 }
 
 /// The crate's functions as the scheduler and executors register them (looked up by name

@@ -103,7 +103,7 @@ pub fn string_column(batch: &RecordBatch, name: &str) -> Result<StringArray> {
         .column_by_name(name)
         .ok_or_else(|| Error::Internal(format!("change set has no column {name}")))?;
     let c = cast(c, &DataType::Utf8)
-        .map_err(|e| Error::Internal(format!("change set column {name}: {e}")))?;
+        .map_err(|e| Error::arrow(format!("change set column {name}"), e))?;
     Ok(c.as_string::<i32>().clone())
 }
 

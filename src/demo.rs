@@ -55,7 +55,7 @@ const CUSTOM: [&str; 5] = [
 const DEMO_KEY: &str = "demo-api-key";
 
 fn io(what: &str, e: std::io::Error) -> Error {
-    Error::Storage(format!("demo: {what}: {}", e.kind()))
+    Error::io(format!("demo: {what}"), e)
 }
 
 /// Replaces the landing folder's extract with one version of the sample.

@@ -24,6 +24,7 @@
 //!   print.
 //! - `cluster` (feature `ballista`): a Ballista scheduler or executor with the crate's
 //!   functions and object stores, for `[engine] kind = "ballista"`.
+//! - [`error`]: one crate error whose kind, and so the exit code, follows from the failure.
 //!
 //! The Voyado Engage emulator that tests and `demo` run against is its own crate,
 //! `voyado-emulator` (folder `emulator/`), sharing no code with this one.

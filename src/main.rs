@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use voyado_emulator::CliError;
 use voyado_sync::cli::{Cli, Command};
 use voyado_sync::error::{Error, exit};
 use voyado_sync::pipeline;
@@ -120,10 +119,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             Ok(exit::OK)
         }
         Command::Emulator(args) => {
-            voyado_emulator::run_cli(*args).await.map_err(|e| match e {
-                CliError::Input(e) => Error::Input(e.to_string()),
-                CliError::Storage(e) => Error::Storage(e.to_string()),
-            })?;
+            voyado_emulator::run_cli(*args).await?;
             Ok(exit::OK)
         }
         #[cfg(feature = "ballista")]

@@ -16,7 +16,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, ident, lit};
 
 use crate::config::Settings;
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result, one_line};
 use crate::functions::row_hash;
 use crate::functions::slice::{SLICE, slice_key_type};
 
@@ -29,7 +29,7 @@ pub async fn dataframe(ctx: &SessionContext, settings: &Settings) -> Result<Data
         .with_allow_statements(false);
     ctx.sql_with_options(&settings.model_sql, options)
         .await
-        .map_err(|e| Error::Input(df_message(&format!("model {}", settings.model_origin), &e)))
+        .map_err(|e| Error::engine(format!("model {}", settings.model_origin), e))
 }
 
 /// The model once per slice (one frame, on whole tables, without `[model] partitions`),
@@ -44,7 +44,7 @@ pub async fn slices(
     if n <= 1 {
         return Ok((vec![dataframe(ctx, settings).await?], None));
     }
-    let fail = |e: datafusion::error::DataFusionError| Error::Internal(df_message("slices", &e));
+    let fail = |e: datafusion::error::DataFusionError| Error::engine("slices", e);
     let dir = crate::spill::temp_dir()?;
     let slice = ctx.udf(SLICE).map_err(fail)?;
     if let Some(problems) = Some(check_slice_keys(ctx, settings).await).filter(|p| !p.is_empty()) {
@@ -53,7 +53,7 @@ pub async fn slices(
     let read = read_columns(ctx, settings).await?;
     let mut split = Vec::new();
     for (table, key) in &settings.slices.keys {
-        let source = |e| Error::Input(df_message(&format!("[source] tables.{table}"), &e));
+        let source = |e| Error::engine(format!("[source] tables.{table}"), e);
         let provider = ctx.table_provider(table.as_str()).await.map_err(source)?;
         let kept = |name: &str| read.get(table).is_none_or(|cols| cols.contains(name));
         let df = ctx
@@ -247,7 +247,7 @@ pub async fn check_slice_keys(ctx: &SessionContext, settings: &Settings) -> Vec<
                     families.insert(family, format!("{table}.{key}"));
                 }
             }
-            Err(e) => problems.push(df_message(&format!("[source] tables.{table}"), &e)),
+            Err(e) => problems.push(format!("[source] tables.{table}: {}", one_line(&e))),
         }
     }
     if families.len() > 1 {

@@ -15,7 +15,7 @@ use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 use crate::strings::{cast_columns, plain_fields};
 
 /// The routing column the spilled frames carry last (dropped before writing).
@@ -79,7 +79,7 @@ impl Router {
         let streams = df
             .execute_stream_partitioned()
             .await
-            .map_err(|e| Error::Input(df_message(what, &e)))?;
+            .map_err(|e| Error::engine(what, e))?;
         if self.files.len() < streams.len() {
             self.files.resize_with(streams.len(), || None);
         }
@@ -98,7 +98,7 @@ impl Router {
             tasks.spawn(async move {
                 let mut rows = 0u64;
                 while let Some(batch) = stream.next().await {
-                    let batch = batch.map_err(|e| Error::Input(df_message(&what, &e)))?;
+                    let batch = batch.map_err(|e| Error::engine(&what, e))?;
                     rows += batch.num_rows() as u64;
                     files.route(&batch)?;
                 }
@@ -136,12 +136,8 @@ struct BucketFiles {
     paths: Vec<PathBuf>,
 }
 
-fn io(what: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Storage(format!(
-        "temporary file {}: {}",
-        what.display(),
-        crate::error::one_line(&e)
-    ))
+fn temporary(path: &Path) -> String {
+    format!("temporary file {}", path.display())
 }
 
 impl BucketFiles {
@@ -151,9 +147,9 @@ impl BucketFiles {
         let mut paths = Vec::new();
         for b in 0..buckets {
             let path = dir.join(format!("{name}-{b}.arrow"));
-            let file = File::create(&path).map_err(|e| io(&path, e))?;
+            let file = File::create(&path).map_err(|e| Error::io(temporary(&path), e))?;
             let w = FileWriter::try_new(BufWriter::with_capacity(256 << 10, file), &schema)
-                .map_err(|e| io(&path, e))?;
+                .map_err(|e| Error::arrow(temporary(&path), e))?;
             writers.push(w);
             paths.push(path);
         }
@@ -176,9 +172,7 @@ impl BucketFiles {
             })?;
             b.push(i as u32);
         }
-        let arrow = |e: datafusion::arrow::error::ArrowError| {
-            Error::Internal(format!("routing rows to diff buckets: {e}"))
-        };
+        let arrow = |e| Error::arrow("routing rows to diff buckets", e);
         // Plain arrays, as `without_bucket` says.
         let rows = cast_columns(&batch.columns()[..last], &self.schema).map_err(arrow)?;
         for (b, idx) in indices.into_iter().enumerate() {
@@ -202,10 +196,10 @@ impl BucketFiles {
             return Ok(());
         }
         let batch = concat_batches(&self.schema, &parts)
-            .map_err(|e| Error::Internal(format!("gathering a diff bucket: {e}")))?;
+            .map_err(|e| Error::arrow("gathering a diff bucket", e))?;
         self.writers[b]
             .write(&batch)
-            .map_err(|e| io(&self.paths[b], e))
+            .map_err(|e| Error::arrow(temporary(&self.paths[b]), e))
     }
 
     /// Writes what is pending and closes the files; returns their paths, by bucket.
@@ -214,7 +208,7 @@ impl BucketFiles {
             self.flush(b)?;
         }
         for (w, path) in self.writers.iter_mut().zip(&self.paths) {
-            w.finish().map_err(|e| io(path, e))?;
+            w.finish().map_err(|e| Error::arrow(temporary(path), e))?;
         }
         Ok(self.paths)
     }
@@ -257,7 +251,7 @@ pub fn temp_dir() -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix(&format!("{}{}-", SPILL_PREFIX, owner()))
         .tempdir_in(&root)
-        .map_err(|e| Error::Storage(format!("temporary folder for spilled rows: {}", e.kind())))
+        .map_err(|e| Error::io("temporary folder for spilled rows", e))
 }
 
 const SPILL_PREFIX: &str = "voyado-sync-spill-";

@@ -20,8 +20,8 @@ use crate::catalog::temp_view;
 use crate::columns::{CHANGED_ATTRIBUTES, ChangeKind, KIND};
 use crate::config::Settings;
 use crate::diff::{ChangeSet, Summary, Tally};
-use crate::error::{Error, Result, df_message};
-use crate::state::{self, State, quote};
+use crate::error::{Error, Result};
+use crate::state::{self, State, StateError, quote};
 
 /// A staged change set, ready for the sink.
 #[derive(Debug, Clone)]
@@ -69,7 +69,7 @@ impl Staged {
         state: &State,
     ) -> Result<SendableRecordBatchStream> {
         let fail = |e: datafusion::error::DataFusionError| {
-            Error::Storage(df_message("reading the staged change set", &e))
+            Error::from(StateError::files("reading the staged change set", e))
         };
         ctx.read_parquet(state.url(&self.rel), ParquetReadOptions::default())
             .await
@@ -99,16 +99,16 @@ pub async fn stage(
     let mut changes = state.parquet_writer(&pass1, Arc::clone(&schema))?;
     let mut invalid = state.parquet_writer(&invalid_rel, Arc::clone(&schema))?;
     let werr = |rel: &str, e: datafusion::parquet::errors::ParquetError| {
-        Error::Storage(format!("state: writing {rel}: {e}"))
+        Error::parquet(format!("state: writing {rel}"), e)
     };
     for df in &set.buckets {
         let mut stream = df
             .clone()
             .execute_stream()
             .await
-            .map_err(|e| Error::Input(df_message("running the model", &e)))?;
+            .map_err(|e| Error::engine("running the model", e))?;
         while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| Error::Input(df_message("running the model", &e)))?;
+            let batch = batch.map_err(|e| Error::engine("running the model", e))?;
             let kinds = tally.add(&batch)?;
             let keep: BooleanArray = kinds
                 .iter()
@@ -125,7 +125,7 @@ pub async fn stage(
                 .collect();
             let f = |mask: &BooleanArray| {
                 filter_record_batch(&batch, mask)
-                    .map_err(|e| Error::Internal(format!("filtering the change set: {e}")))
+                    .map_err(|e| Error::arrow("filtering the change set", e))
             };
             let kept = f(&keep)?;
             if kept.num_rows() > 0 {
@@ -144,7 +144,7 @@ pub async fn stage(
     invalid.close().await.map_err(|e| werr(&invalid_rel, e))?;
 
     // Pass 2: which attributes changed, from the stored values.
-    let fail = |e: datafusion::error::DataFusionError| Error::Storage(df_message("staging", &e));
+    let fail = |e: datafusion::error::DataFusionError| Error::from(StateError::files("staging", e));
     let staged = ctx
         .read_parquet(state.url(&pass1), ParquetReadOptions::default())
         .await

@@ -7,7 +7,8 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::error::{Error, Result, df_message};
+use crate::config::{Location, Settings};
+use crate::error::{Error, Result, one_line};
 
 /// A client session whose queries the scheduler at `url` (`df://host:port`) plans and the
 /// executors run. Nothing connects until the first query.
@@ -33,7 +34,7 @@ pub fn client_session(
     // remote_with_state only rebuilds the state (it never awaits I/O), so blocking on it
     // keeps `session` synchronous for every caller.
     let ctx = futures::executor::block_on(SessionContext::remote_with_state(url, state))
-        .map_err(|e| Error::config(df_message(&format!("[engine] url {url}"), &e)))?;
+        .map_err(|e| Error::config(format!("[engine] url {url}: {}", one_line(&e))))?;
     // After, not before: the Ballista upgrade replaces the state's scalar function list.
     crate::functions::register(&ctx);
     Ok(ctx)

@@ -38,7 +38,7 @@ use strategy::{Inputs, Strategy};
 pub use tally::{Tally, log_metrics, summarize};
 
 use crate::config::Settings;
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 use crate::functions::row_hash;
 use crate::state::{self, Manifest, quote};
 
@@ -199,5 +199,5 @@ fn compact_state(
 
 fn fail(what: &str) -> impl Fn(datafusion::error::DataFusionError) -> Error {
     let what = what.to_string();
-    move |e| Error::Input(df_message(&what, &e))
+    move |e| Error::engine(&what, e)
 }

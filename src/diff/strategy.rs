@@ -10,7 +10,7 @@ use super::sql::Rules;
 use super::{classify, fail};
 use crate::columns::KNOWN_CONTACT_ID;
 use crate::config::Settings;
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 
 /// The three ways to classify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,9 +114,9 @@ pub(super) fn classified(
         values,
         expected.min(1 << 28) as usize,
     )
-    .map_err(|e| Error::Internal(df_message("change detection", &e)))?;
+    .map_err(|e| Error::engine("change detection", e))?;
     ctx.read_table(Arc::new(table))
-        .map_err(|e| Error::Internal(df_message("change detection", &e)))
+        .map_err(|e| Error::engine("change detection", e))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use futures::StreamExt;
 
 use super::{ChangeSet, Sample, Summary};
 use crate::columns::{self, ChangeKind, KIND, RAW_IDENTIFIER, REASON, string_column};
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 use crate::state;
 
 const SAMPLES_PER_KIND: usize = 5;
@@ -104,16 +104,16 @@ async fn tally_bucket(df: DataFrame) -> Result<Tally> {
     let mut tally = Tally::default();
     let df = df
         .select_columns(&[KIND, state::IDENTIFIER, RAW_IDENTIFIER, REASON])
-        .map_err(|e| Error::Internal(df_message("change set", &e)))?;
+        .map_err(|e| Error::engine("change set", e))?;
     let task = df.task_ctx();
     let plan = df
         .create_physical_plan()
         .await
-        .map_err(|e| Error::Input(df_message("change detection", &e)))?;
+        .map_err(|e| Error::engine("change detection", e))?;
     let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), Arc::new(task))
-        .map_err(|e| Error::Input(df_message("change detection", &e)))?;
+        .map_err(|e| Error::engine("change detection", e))?;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| Error::Input(df_message("change detection", &e)))?;
+        let batch = batch.map_err(|e| Error::engine("change detection", e))?;
         tally.add(&batch)?;
     }
     log_metrics(&plan);

@@ -3,7 +3,7 @@
 
 use crate::config::Target;
 use crate::diff;
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 use crate::report::Report;
 
 use super::prepare::prepare;
@@ -38,10 +38,10 @@ pub async fn model_only(target: impl Into<Target>) -> Result<(u64, u64)> {
         let mut stream = df
             .execute_stream()
             .await
-            .map_err(|e| Error::Input(df_message("running the model", &e)))?;
+            .map_err(|e| Error::engine("running the model", e))?;
         while let Some(b) = futures::StreamExt::next(&mut stream).await {
             rows += b
-                .map_err(|e| Error::Input(df_message("running the model", &e)))?
+                .map_err(|e| Error::engine("running the model", e))?
                 .num_rows() as u64;
         }
     }

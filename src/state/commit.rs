@@ -11,6 +11,7 @@ use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::prelude::{DataFrame, SessionContext};
 use object_store::ObjectStoreExt;
 
+use super::StateError;
 use super::{
     CONTACT_ID, DeltaOp, IDENTIFIER, Manifest, NewSnapshot, OP, ROW_HASH, STATUS, SnapshotStatus,
     State, manifest, quote, storage,
@@ -18,7 +19,7 @@ use super::{
 use crate::catalog::temp_view;
 use crate::columns::{ChangeKind, KIND, string_column};
 use crate::config::Settings;
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 
 /// What a delta records of one row the sink answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +56,7 @@ pub fn delta_batch<O: Recorded>(
     if recorded.is_empty() {
         return Ok(None);
     }
-    let err =
-        |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("building a delta: {e}"));
+    let err = |e: datafusion::arrow::error::ArrowError| Error::arrow("building a delta", e);
     let col = |name: &str| -> Result<&ArrayRef> {
         staged
             .column_by_name(name)
@@ -219,7 +219,7 @@ impl<'a> Checkpoints<'a> {
 }
 
 fn df_err(what: &'static str) -> impl Fn(datafusion::error::DataFusionError) -> Error {
-    move |e| Error::Storage(df_message(what, &e))
+    move |e| Error::from(StateError::files(what, e))
 }
 
 impl State {
@@ -308,8 +308,8 @@ impl State {
         cols.extend(settings.attributes.iter().map(|m| quote(&m.attribute)));
         let mut rows = Vec::new();
         for df in buckets {
-            let name = temp_view(ctx, "baseline", df.clone())
-                .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
+            let name =
+                temp_view(ctx, "baseline", df.clone()).map_err(|e| Error::engine("baseline", e))?;
             let df = ctx
                 .sql(&format!(
                     "SELECT {} FROM {name} WHERE {KIND} IN ('{}', '{}', '{}')",
@@ -319,7 +319,7 @@ impl State {
                     ChangeKind::Unchanged,
                 ))
                 .await
-                .map_err(|e| Error::Internal(df_message("baseline", &e)))?;
+                .map_err(|e| Error::engine("baseline", e))?;
             rows.push(df);
         }
         self.commit(prev, rows, fields).await
@@ -357,7 +357,7 @@ impl State {
         let existed = self.manifest().await?.is_some();
         match self.store.delete(&self.path("manifest.json")).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(storage("removing manifest.json", &e)),
+            Err(e) => return Err(storage("removing manifest.json", e)),
         }
         for dir in ["snapshots", "deltas", "staged"] {
             self.remove_unlisted(dir, &[]).await;

@@ -13,7 +13,7 @@ use object_store::path::Path as ObjPath;
 
 use super::{IDENTIFIER, ROW_HASH, State};
 use crate::error::one_line;
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 use crate::strings::{cast_columns, plain_fields, plain_type};
 
 /// Rows per row group of a state file: row groups are what a scan splits between threads,
@@ -90,7 +90,7 @@ impl State {
         let writer =
             object_store::buffered::BufWriter::new(Arc::clone(&self.store), self.path(rel));
         datafusion::parquet::arrow::AsyncArrowWriter::try_new(writer, schema, props)
-            .map_err(|e| Error::Storage(format!("state: writing {rel}: {e}")))
+            .map_err(|e| Error::parquet(format!("state: writing {rel}"), e))
     }
 
     /// Writes `batches` as one Parquet file at `rel`, returning its row count.
@@ -119,9 +119,8 @@ impl State {
                 .set_column_compression(ColumnPath::from(column), codec);
         }
         let props = props.build();
-        let fail = |e: &dyn std::fmt::Display| {
-            Error::Storage(format!("state: writing {rel}: {}", one_line(e)))
-        };
+        let what = format!("state: writing {rel}");
+        let fail = |e| Error::parquet(what.clone(), e);
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(
             plain_fields(schema.fields()),
             schema.metadata().clone(),
@@ -130,10 +129,11 @@ impl State {
         let mut rows = 0u64;
         while let Some(batch) = batches.try_next().await? {
             rows += batch.num_rows() as u64;
-            let batch = cast_columns(batch.columns(), &schema).map_err(|e| fail(&e))?;
-            writer.write(&batch).await.map_err(|e| fail(&e))?;
+            let batch = cast_columns(batch.columns(), &schema)
+                .map_err(|e| Error::arrow(what.clone(), e))?;
+            writer.write(&batch).await.map_err(fail)?;
         }
-        writer.close().await.map_err(|e| fail(&e))?;
+        writer.close().await.map_err(fail)?;
         Ok(rows)
     }
 
@@ -149,7 +149,7 @@ impl State {
     /// memory only while it is read: how a diff split into buckets stays within the pool.
     pub(super) async fn write_in_turn(&self, frames: Vec<DataFrame>, rel: &str) -> Result<u64> {
         let fail = move |e: datafusion::error::DataFusionError| {
-            Error::Storage(df_message(&format!("state: writing {rel}"), &e))
+            Error::engine(format!("state: writing {rel}"), e)
         };
         let mut frames = frames.into_iter();
         let Some(first) = frames.next() else {
@@ -174,14 +174,14 @@ impl State {
         }
         let options = snapshot_options(&df.task_ctx().session_config().options().execution.parquet);
         let out = plain_columns(df)
-            .map_err(|e| Error::Storage(df_message(&format!("state: writing {rel}"), &e)))?
+            .map_err(|e| Error::engine(format!("state: writing {rel}"), e))?
             .write_parquet(
                 &self.url(rel),
                 DataFrameWriteOptions::new().with_single_file_output(true),
                 Some(options),
             )
             .await
-            .map_err(|e| Error::Storage(df_message(&format!("state: writing {rel}"), &e)))?;
+            .map_err(|e| Error::engine(format!("state: writing {rel}"), e))?;
         let mut rows = 0u64;
         for b in out {
             if let Some(c) = b.column_by_name("count")

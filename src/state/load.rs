@@ -8,11 +8,12 @@ use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, ident, lit};
 
+use super::StateError;
 use super::{
     CONTACT_ID, DeltaOp, FIXED_COLUMNS, IDENTIFIER, Manifest, OP, ROW_HASH, STATUS, State, quote,
 };
 use crate::catalog::temp_view;
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
 
 /// The delta column ordering deltas while they are applied.
 const SEQ: &str = "_seq";
@@ -56,7 +57,7 @@ impl State {
         let mut deltas: Option<DataFrame> = None;
         for (rel, df, seq) in frames {
             let ctxmsg = |e: datafusion::error::DataFusionError| {
-                Error::Storage(df_message(&format!("state: {rel}"), &e))
+                Error::from(StateError::files(format!("state: {rel}"), e))
             };
             match seq {
                 None => {
@@ -77,7 +78,7 @@ impl State {
             }
         }
         let fail = |e: datafusion::error::DataFusionError| {
-            Error::Storage(df_message("state: applying deltas", &e))
+            Error::from(StateError::files("state: applying deltas", e))
         };
         let base = match base {
             Some(b) => b,
@@ -112,7 +113,7 @@ impl State {
     async fn read(&self, ctx: &SessionContext, rel: &str) -> Result<DataFrame> {
         ctx.read_parquet(self.url(rel), ParquetReadOptions::default())
             .await
-            .map_err(|e| Error::Storage(df_message(&format!("state: cannot read {rel}"), &e)))
+            .map_err(|e| Error::from(StateError::files(format!("state: cannot read {rel}"), e)))
     }
 }
 

@@ -10,7 +10,8 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result, one_line};
+use super::StateError;
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockInfo {
@@ -83,9 +84,9 @@ impl Lock {
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => {}
                 Err(e) => {
-                    return Err(Error::Storage(format!(
-                        "state: cannot create lock {path}: {}",
-                        one_line(&e)
+                    return Err(Error::from(StateError::store(
+                        format!("state: cannot create lock {path}"),
+                        e,
                     )));
                 }
             }
@@ -94,9 +95,9 @@ impl Lock {
                 Ok(r) => r.bytes().await.ok(),
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => {
-                    return Err(Error::Storage(format!(
-                        "state: cannot read lock {path}: {}",
-                        one_line(&e)
+                    return Err(Error::from(StateError::store(
+                        format!("state: cannot read lock {path}"),
+                        e,
                     )));
                 }
             };
@@ -121,39 +122,38 @@ impl Lock {
             };
             if !stale {
                 let h = holder.as_ref();
-                return Err(Error::Locked(format!(
+                return Err(Error::from(StateError::Locked(format!(
                     "sync {sync} is locked by another run (run {}, {} by pid {} on {} since {}); try again when it ends",
                     h.map_or("?", |h| h.run_id.as_str()),
                     h.map_or("?", |h| h.command.as_str()),
                     h.map_or(0, |h| h.pid),
                     h.map_or("?", |h| h.host.as_str()),
                     h.map_or("?", |h| h.acquired_at.as_str()),
-                )));
+                ))));
             }
             tracing::warn!(lock = %path, reason = %why, "taking over a stale lock");
             match store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
-                    return Err(Error::Storage(format!(
-                        "state: cannot remove stale lock {path}: {}",
-                        one_line(&e)
+                    return Err(Error::from(StateError::store(
+                        format!("state: cannot remove stale lock {path}"),
+                        e,
                     )));
                 }
             }
         }
-        Err(Error::Locked(format!(
+        Err(Error::from(StateError::Locked(format!(
             "sync {sync}: could not take the lock {path}; another run keeps taking it"
-        )))
+        ))))
     }
 
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
         match self.store.delete(&self.path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Error::Storage(format!(
-                "state: cannot remove lock {}: {}",
-                self.path,
-                one_line(&e)
+            Err(e) => Err(Error::from(StateError::store(
+                format!("state: cannot remove lock {}", self.path),
+                e,
             ))),
         }
     }

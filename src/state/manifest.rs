@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use super::StateError;
 use super::{State, storage};
 use crate::error::{Error, Result};
 
@@ -41,23 +42,23 @@ impl State {
                 let bytes = r
                     .bytes()
                     .await
-                    .map_err(|e| storage("reading manifest.json", &e))?;
+                    .map_err(|e| storage("reading manifest.json", e))?;
                 let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::Storage(format!(
+                    Error::from(StateError::Unusable(format!(
                         "state: {}/manifest.json is not a valid manifest: {e}",
                         self.display
-                    ))
+                    )))
                 })?;
                 if m.format_version > FORMAT_VERSION {
-                    return Err(Error::Storage(format!(
+                    return Err(Error::from(StateError::Unusable(format!(
                         "state: manifest format {} is newer than this version of voyado-sync understands ({})",
                         m.format_version, FORMAT_VERSION
-                    )));
+                    ))));
                 }
                 Ok(Some(m))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(storage("reading manifest.json", &e)),
+            Err(e) => Err(storage("reading manifest.json", e)),
         }
     }
 
@@ -67,7 +68,7 @@ impl State {
         self.store
             .put(&self.path("manifest.json"), PutPayload::from(body))
             .await
-            .map_err(|e| storage("writing manifest.json", &e))?;
+            .map_err(|e| storage("writing manifest.json", e))?;
         Ok(())
     }
 }

@@ -20,6 +20,7 @@
 //! manifests a run and a commit write), `reports`, `manifest` and `lock`.
 
 mod commit;
+mod error;
 mod files;
 mod load;
 pub mod lock;
@@ -35,8 +36,9 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::catalog::{redact, register_store};
 use crate::config::{Location, Settings};
-use crate::error::{Error, Result, one_line};
+use crate::error::{Error, Result};
 pub use commit::{Checkpoints, Recorded, Recording, delta_batch, run_manifest};
+pub use error::StateError;
 use files::{check_private, create_private_dir};
 pub use load::empty_snapshot;
 pub use lock::Lock;
@@ -127,8 +129,8 @@ pub struct State {
     client_writes: bool,
 }
 
-fn storage(what: &str, e: &dyn std::fmt::Display) -> Error {
-    Error::Storage(format!("state: {what}: {}", one_line(e)))
+fn storage(what: &str, e: object_store::Error) -> Error {
+    StateError::store(format!("state: {what}"), e).into()
 }
 
 impl State {
@@ -149,20 +151,17 @@ impl State {
                 } else {
                     Ok(())
                 };
-                made.map_err(|e| {
-                    Error::Storage(format!(
-                        "state: cannot create {}: {}",
-                        dir.display(),
-                        e.kind()
-                    ))
-                })?;
+                made.map_err(|e| Error::io(format!("state: cannot create {}", dir.display()), e))?;
                 let dir = dir.canonicalize().unwrap_or(dir);
                 let dir = std::path::absolute(&dir).unwrap_or(dir);
                 check_private(&dir)?;
                 let prefix = ObjPath::from_absolute_path(&dir)
-                    .map_err(|e| storage(&dir.display().to_string(), &e))?;
+                    .map_err(|e| storage(&dir.display().to_string(), e.into()))?;
                 let url = url::Url::from_directory_path(&dir).map_err(|_| {
-                    Error::Storage(format!("state: {} is not an absolute path", dir.display()))
+                    StateError::Unusable(format!(
+                        "state: {} is not an absolute path",
+                        dir.display()
+                    ))
                 })?;
                 Ok(State {
                     store: Arc::new(object_store::local::LocalFileSystem::new()),
@@ -232,7 +231,7 @@ impl State {
         let listed = match self.store.list_with_delimiter(Some(&self.prefix)).await {
             Ok(l) => l,
             Err(object_store::Error::NotFound { .. }) => return Ok(layout),
-            Err(e) => return Err(storage("listing shard states", &e)),
+            Err(e) => return Err(storage("listing shard states", e)),
         };
         for dir in listed.common_prefixes {
             let Some(name) = dir.filename() else { continue };
@@ -249,7 +248,7 @@ impl State {
             match self.store.head(&manifest).await {
                 Ok(_) => layout.shards.push(crate::config::Shard { index, count }),
                 Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(storage("reading a shard's manifest", &e)),
+                Err(e) => return Err(storage("reading a shard's manifest", e)),
             }
         }
         layout.shards.sort_by_key(|s| (s.count, s.index));

@@ -46,14 +46,14 @@ impl<'a> RejectedRows<'a> {
                 Arc::new(StringArray::from(reasons)),
             ],
         )
-        .map_err(|e| Error::Internal(format!("rejected rows: {e}")))?;
+        .map_err(|e| Error::arrow("rejected rows", e))?;
         if self.writer.is_none() {
             self.writer = Some(self.state.parquet_writer(&self.rel, b.schema())?);
         }
         if let Some(w) = self.writer.as_mut() {
             w.write(&b)
                 .await
-                .map_err(|e| Error::Storage(format!("state: {}: {e}", self.rel)))?;
+                .map_err(|e| Error::parquet(format!("state: {}", self.rel), e))?;
         }
         Ok(())
     }
@@ -63,7 +63,7 @@ impl<'a> RejectedRows<'a> {
         if let Some(w) = self.writer {
             w.close()
                 .await
-                .map_err(|e| Error::Storage(format!("state: {}: {e}", self.rel)))?;
+                .map_err(|e| Error::parquet(format!("state: {}", self.rel), e))?;
         }
         Ok(())
     }
@@ -78,7 +78,7 @@ impl State {
         self.store
             .put(&self.path(&rel), PutPayload::from(body))
             .await
-            .map_err(|e| storage(&format!("writing {rel}"), &e))?;
+            .map_err(|e| storage(&format!("writing {rel}"), e))?;
         Ok(())
     }
 
@@ -89,7 +89,7 @@ impl State {
             match self.store.list(Some(&prefix)).try_collect::<Vec<_>>().await {
                 Ok(v) => v.into_iter().map(|o| o.location).collect(),
                 Err(object_store::Error::NotFound { .. }) => Vec::new(),
-                Err(e) => return Err(storage("listing reports", &e)),
+                Err(e) => return Err(storage("listing reports", e)),
             };
         listed.retain(|p| p.as_ref().ends_with(".json"));
         listed.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
@@ -99,8 +99,8 @@ impl State {
                 Ok(r) => r
                     .bytes()
                     .await
-                    .map_err(|e| storage("reading a report", &e))?,
-                Err(e) => return Err(storage("reading a report", &e)),
+                    .map_err(|e| storage("reading a report", e))?,
+                Err(e) => return Err(storage("reading a report", e)),
             };
             match serde_json::from_slice(&bytes) {
                 Ok(v) => out.push(v),

@@ -250,6 +250,22 @@ fn cases() -> Vec<Case> {
             |f| f.edit("SELECT email, first_name", "SELECT email, nope"),
             &all_three(2, "[model] sql: Schema error: No field named nope"),
         ),
+        case(
+            "SQL: a value the model cannot compute",
+            |f| {
+                f.edit(
+                    "SELECT email, first_name",
+                    "SELECT email, CAST(first_name AS INT) AS first_name",
+                )
+            },
+            // check plans the model but runs nothing
+            &[
+                ("check", 0, ""),
+                ("plan", 2, "Cast error"),
+                ("run", 2, "Cast error"),
+            ],
+        )
+        .then(no_manifest),
         // unreadable data
         case(
             "data: a source file that is not Parquet",
@@ -278,8 +294,8 @@ fn cases() -> Vec<Case> {
                 f.edit("state = \"state\"", "state = \"statefile\"");
             },
             &[
-                // INCONSISTENT today: the same unusable state is 2 from check, 4 from plan.
-                ("check", 2, "state: reading manifest.json"),
+                // The same unusable state is 4 from every command.
+                ("check", 4, "state: reading manifest.json"),
                 ("plan", 4, "state: reading manifest.json"),
                 ("run", 4, "state: cannot create "),
             ],

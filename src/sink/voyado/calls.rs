@@ -7,10 +7,33 @@ use super::bulk_api::{self, BatchState, StatusError};
 use super::client::{Answer, Client, Endpoint, Reply};
 use super::wire::{encode, parse_id, truncate};
 use crate::config::Key;
-use crate::error::{Error, Result};
+use crate::error::{ErrorKind, Result};
 
 /// A fixed address on a reserved domain: looking it up proves the key without touching data.
 pub const PROBE_EMAIL: &str = "voyado-sync-probe@example.com";
+
+/// Why Voyado cannot be used for this run at all (a row's own failure is an outcome).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VoyadoError {
+    /// The credentials are wrong: fixing them is the user's part.
+    #[error("API key rejected ({status})")]
+    KeyRejected { status: u16 },
+    /// The key probe got an answer that is neither yes nor no.
+    #[error("Voyado answered the key probe with {reason}")]
+    Probe { reason: String },
+    /// Nothing usable answered at the destination URL.
+    #[error("Voyado cannot be used at {base}: {reason}")]
+    Unreachable { base: String, reason: String },
+}
+
+impl VoyadoError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            VoyadoError::KeyRejected { .. } => ErrorKind::Config,
+            VoyadoError::Probe { .. } | VoyadoError::Unreachable { .. } => ErrorKind::Destination,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -99,16 +122,14 @@ impl Client {
         {
             Reply::Answer(a) if matches!(a.status, 200 | 404) => Ok(()),
             Reply::Answer(a) if matches!(a.status, 401 | 403) => {
-                Err(Error::config(format!("API key rejected ({})", a.status)))
+                Err(VoyadoError::KeyRejected { status: a.status }.into())
             }
-            Reply::Answer(a) => Err(Error::Destination(format!(
-                "Voyado answered the key probe with {}",
-                reason(&a)
-            ))),
-            Reply::Unknown(r) | Reply::Failed(r) => Err(Error::Destination(format!(
-                "Voyado cannot be used at {}: {r}",
-                self.base
-            ))),
+            Reply::Answer(a) => Err(VoyadoError::Probe { reason: reason(&a) }.into()),
+            Reply::Unknown(r) | Reply::Failed(r) => Err(VoyadoError::Unreachable {
+                base: self.base.clone(),
+                reason: r,
+            }
+            .into()),
         }
     }
 

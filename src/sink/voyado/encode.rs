@@ -34,7 +34,7 @@ impl ColumnEncoder {
         let text = |a: &ArrayRef| -> Result<StringArray> {
             cast(a, &Utf8)
                 .map(|c| c.as_string::<i32>().clone())
-                .map_err(|e| Error::Internal(format!("encoding a column: {e}")))
+                .map_err(|e| Error::arrow("encoding a column", e))
         };
         let kind = match array.data_type() {
             Utf8 | LargeUtf8 | Utf8View => Kind::Str(text(array)?),

@@ -21,6 +21,7 @@ pub mod single;
 pub mod sink;
 pub mod wire;
 
+pub use calls::VoyadoError;
 pub use client::{ApiKey, Client, RequestCounts};
 pub use outcome::{Outcome, OutcomeCounts};
 pub use sink::{Delivered, OutcomeChunk, Sink};

@@ -143,7 +143,7 @@ impl Rechunker {
             return Ok(None);
         }
         let all = concat_batches(&self.schema, &self.buffered)
-            .map_err(|e| Error::Internal(format!("staged rows: {e}")))?;
+            .map_err(|e| Error::arrow("staged rows", e))?;
         let len = self.chunk.min(all.num_rows());
         let batch = all.slice(0, len);
         let rest = all.slice(len, all.num_rows() - len);

@@ -17,7 +17,8 @@ use super::request::{EncodedRow, Rechunker, encode_rows};
 use super::single::SinglePlanner;
 use crate::config::{Api, Settings};
 use crate::diff::Sample;
-use crate::error::{Error, Result, df_message};
+use crate::error::{Error, Result};
+use crate::state::StateError;
 
 /// The two ways rows reach Voyado, behind one call.
 pub enum Sender<'a> {
@@ -97,7 +98,7 @@ pub struct Delivered {
 }
 
 fn read_err(e: datafusion::error::DataFusionError) -> Error {
-    Error::Storage(df_message("reading the staged change set", &e))
+    Error::from(StateError::files("reading the staged change set", e))
 }
 
 /// Drives the staged stream through a [`Sender`].
