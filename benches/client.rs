@@ -4,6 +4,8 @@
 //!
 //!     cargo bench --bench client
 
+#![allow(clippy::unwrap_used)] // a failed setup step should stop the run where it failed
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,8 @@
 //!
 //!     cargo bench --bench encode
 
+#![allow(clippy::unwrap_used)] // a failed setup step should stop the run where it failed
+
 use std::sync::Arc;
 use std::time::Instant;
 

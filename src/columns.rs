@@ -15,18 +15,18 @@ use crate::strings::Strings;
 
 /// Column names of the classified change set, beside the snapshot's fixed columns
 /// (attribute columns follow, by attribute name).
-pub const KIND: &str = "_kind";
-pub const RAW_IDENTIFIER: &str = "_raw_identifier";
-pub const REASON: &str = "_reason";
-pub const PREV_STATUS: &str = "_prev_status";
+pub(crate) const KIND: &str = "_kind";
+pub(crate) const RAW_IDENTIFIER: &str = "_raw_identifier";
+pub(crate) const REASON: &str = "_reason";
+pub(crate) const PREV_STATUS: &str = "_prev_status";
 /// The model's own contactId column (`[identifier] contact_id_column`), when configured.
-pub const KNOWN_CONTACT_ID: &str = "_known_contact_id";
+pub(crate) const KNOWN_CONTACT_ID: &str = "_known_contact_id";
 /// Staged only: the attributes a changed row changed, as a list of attribute names.
-pub const CHANGED_ATTRIBUTES: &str = "_changed";
+pub(crate) const CHANGED_ATTRIBUTES: &str = "_changed";
 
 /// What change detection found of one row. Stored in `_kind` as [`ChangeKind::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ChangeKind {
+pub(crate) enum ChangeKind {
     New,
     Changed,
     Unchanged,
@@ -36,7 +36,7 @@ pub enum ChangeKind {
 
 impl ChangeKind {
     /// Every kind, the most frequent first (decoding tries them in this order).
-    pub const ALL: [ChangeKind; 5] = [
+    pub(crate) const ALL: [ChangeKind; 5] = [
         ChangeKind::Unchanged,
         ChangeKind::Changed,
         ChangeKind::New,
@@ -45,7 +45,7 @@ impl ChangeKind {
     ];
 
     /// The kind as written in `_kind`, in SQL literals and as a sample key in reports.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             ChangeKind::New => "new",
             ChangeKind::Changed => "changed",
@@ -55,7 +55,7 @@ impl ChangeKind {
         }
     }
 
-    pub fn parse(s: &str) -> Option<ChangeKind> {
+    pub(crate) fn parse(s: &str) -> Option<ChangeKind> {
         ChangeKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
@@ -69,7 +69,7 @@ impl fmt::Display for ChangeKind {
 /// The `_kind` column of a change-set batch, decoded once. Views (what DataFusion reads
 /// Parquet strings as) are told by their 16 bytes alone: every kind is short enough to be
 /// stored inline, so no string is read.
-pub fn kinds(batch: &RecordBatch) -> Result<Vec<ChangeKind>> {
+pub(crate) fn kinds(batch: &RecordBatch) -> Result<Vec<ChangeKind>> {
     let column = batch
         .column_by_name(KIND)
         .ok_or_else(|| Error::Internal(format!("change set has no column {KIND}")))?;
@@ -98,7 +98,7 @@ pub fn kinds(batch: &RecordBatch) -> Result<Vec<ChangeKind>> {
 
 /// A change-set column as plain strings (identifiers, kinds, reasons arrive as Utf8,
 /// Utf8View or null-typed columns depending on the plan).
-pub fn string_column(batch: &RecordBatch, name: &str) -> Result<StringArray> {
+pub(crate) fn string_column(batch: &RecordBatch, name: &str) -> Result<StringArray> {
     let c = batch
         .column_by_name(name)
         .ok_or_else(|| Error::Internal(format!("change set has no column {name}")))?;

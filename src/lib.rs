@@ -33,20 +33,20 @@ pub mod catalog;
 pub mod cli;
 #[cfg(feature = "ballista")]
 pub mod cluster;
-pub mod columns;
+pub(crate) mod columns;
 pub mod config;
 pub mod demo;
-pub mod diff;
+pub(crate) mod diff;
 pub mod error;
-pub mod functions;
-pub mod identity;
+pub(crate) mod functions;
+pub(crate) mod identity;
 pub mod model;
 pub mod pipeline;
 pub mod report;
 pub mod sink;
-pub mod spill;
-pub mod stage;
+pub(crate) mod spill;
+pub(crate) mod stage;
 pub mod state;
-pub mod strings;
+pub(crate) mod strings;
 
 pub use error::{Error, Result};

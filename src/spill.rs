@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::strings::{cast_columns, plain_fields};
 
 /// The routing column the spilled frames carry last (dropped before writing).
-pub const BUCKET_COLUMN: &str = "__bucket";
+pub(crate) const BUCKET_COLUMN: &str = "__bucket";
 /// Rows gathered per bucket before a write, so readers get batches of a useful size, but
 /// fewer with many buckets, so that what waits (partitions x buckets batches) stays small.
 fn write_rows(buckets: u32) -> usize {
@@ -28,7 +28,7 @@ fn write_rows(buckets: u32) -> usize {
 
 /// Routes the rows of `df` (whose last column, [`BUCKET_COLUMN`], holds each row's bucket)
 /// into files under `dir`; returns the row count and, per bucket, its files.
-pub async fn split(
+pub(crate) async fn split(
     df: DataFrame,
     dir: &Path,
     name: &str,
@@ -44,7 +44,7 @@ pub async fn split(
 /// model's slices): each bucket gets a file per partition, not one per frame and
 /// partition, so that a filesystem's file creation is paid once (measured: about 1 ms a
 /// file on ext4) and each bucket is read back from a few large files.
-pub struct Router {
+pub(crate) struct Router {
     dir: PathBuf,
     name: String,
     buckets: u32,
@@ -53,7 +53,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(dir: &Path, name: &str, buckets: u32) -> Self {
+    pub(crate) fn new(dir: &Path, name: &str, buckets: u32) -> Self {
         Router {
             dir: dir.to_path_buf(),
             name: name.to_string(),
@@ -66,7 +66,7 @@ impl Router {
     /// bucket); returns its row count. Each of the frame's partitions is routed by its own
     /// task into its own files, so routing and writing run on every core rather than
     /// behind one merged stream.
-    pub async fn route(&mut self, df: DataFrame, what: &str) -> Result<u64> {
+    pub(crate) async fn route(&mut self, df: DataFrame, what: &str) -> Result<u64> {
         let schema = without_bucket(df.schema().as_arrow());
         if let Some(files) = self.files.iter().flatten().next()
             && files.schema.fields() != schema.fields()
@@ -116,7 +116,7 @@ impl Router {
     }
 
     /// Writes what is pending and closes the files; returns, per bucket, its files.
-    pub fn finish(self) -> Result<Vec<Vec<PathBuf>>> {
+    pub(crate) fn finish(self) -> Result<Vec<Vec<PathBuf>>> {
         let mut by_bucket = vec![Vec::new(); self.buckets as usize];
         for files in self.files.into_iter().flatten() {
             for (b, path) in files.finish()?.into_iter().enumerate() {
@@ -216,13 +216,13 @@ impl BucketFiles {
 
 /// `schema` without its last (routing) column, view types as plain ones and dictionaries
 /// as their values (an IPC file cannot change a field's dictionary between batches).
-pub fn without_bucket(schema: &Schema) -> SchemaRef {
+pub(crate) fn without_bucket(schema: &Schema) -> SchemaRef {
     let fields = schema.fields();
     Arc::new(Schema::new(plain_fields(&fields[..fields.len() - 1])))
 }
 
 /// The bytes of spilled files (Arrow IPC: about their size in memory).
-pub fn bytes(paths: &[PathBuf]) -> u64 {
+pub(crate) fn bytes(paths: &[PathBuf]) -> u64 {
     paths
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
@@ -231,7 +231,10 @@ pub fn bytes(paths: &[PathBuf]) -> u64 {
 }
 
 /// Reads one bucket's files as a frame.
-pub async fn read(ctx: &SessionContext, paths: &[PathBuf]) -> datafusion::error::Result<DataFrame> {
+pub(crate) async fn read(
+    ctx: &SessionContext,
+    paths: &[PathBuf],
+) -> datafusion::error::Result<DataFrame> {
     ctx.read_arrow(
         paths
             .iter()
@@ -245,7 +248,7 @@ pub async fn read(ctx: &SessionContext, paths: &[PathBuf]) -> datafusion::error:
 /// A private temporary folder for bucket files, removed when dropped. Its name carries the
 /// process (`voyado-sync-spill-<pid namespace>-<pid>-`), so that folders a killed process
 /// left behind are removed by the next command that spills.
-pub fn temp_dir() -> Result<tempfile::TempDir> {
+pub(crate) fn temp_dir() -> Result<tempfile::TempDir> {
     let root = std::env::temp_dir();
     sweep(&root);
     tempfile::Builder::new()

@@ -81,7 +81,7 @@ impl Staged {
 }
 
 /// Writes the change set of `set` to `staged/<run_id>.parquet`.
-pub async fn stage(
+pub(crate) async fn stage(
     ctx: &SessionContext,
     settings: &Settings,
     state: &State,

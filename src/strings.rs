@@ -13,14 +13,14 @@ use datafusion::common::Result;
 
 /// A string column: plain strings and views as they are, a null column as its length, any
 /// other type (large strings, integers) cast to plain strings.
-pub enum Strings {
+pub(crate) enum Strings {
     Utf8(StringArray),
     View(StringViewArray),
     Null(usize),
 }
 
 impl Strings {
-    pub fn new(a: &ArrayRef) -> Result<Self> {
+    pub(crate) fn new(a: &ArrayRef) -> Result<Self> {
         Ok(match a.data_type() {
             DataType::Utf8View => Strings::View(a.as_string_view().clone()),
             DataType::Null => Strings::Null(a.len()),
@@ -30,7 +30,7 @@ impl Strings {
     }
 
     #[inline]
-    pub fn get(&self, i: usize) -> Option<&str> {
+    pub(crate) fn get(&self, i: usize) -> Option<&str> {
         match self {
             Strings::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
             Strings::View(a) => a.is_valid(i).then(|| a.value(i)),
@@ -38,7 +38,7 @@ impl Strings {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Strings::Utf8(a) => a.len(),
             Strings::View(a) => a.len(),
@@ -46,11 +46,7 @@ impl Strings {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = Option<&str>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Option<&str>> {
         (0..self.len()).map(|i| self.get(i))
     }
 }
@@ -58,7 +54,7 @@ impl Strings {
 /// `t` with views as plain arrays and dictionaries as their values. Written to files so:
 /// a view keeps its batch's whole buffers alive (a writer would copy them out every time,
 /// a reader hold them per row), and an IPC file cannot change a dictionary between batches.
-pub fn plain_type(t: &DataType) -> DataType {
+pub(crate) fn plain_type(t: &DataType) -> DataType {
     match t {
         DataType::Dictionary(_, v) => plain_type(v),
         DataType::Utf8View => DataType::Utf8,
@@ -68,14 +64,14 @@ pub fn plain_type(t: &DataType) -> DataType {
 }
 
 /// `fields` with [`plain_type`]s.
-pub fn plain_fields<'a>(fields: impl IntoIterator<Item = &'a FieldRef>) -> Vec<Field> {
+pub(crate) fn plain_fields<'a>(fields: impl IntoIterator<Item = &'a FieldRef>) -> Vec<Field> {
     (fields.into_iter())
         .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
         .collect()
 }
 
 /// `columns` as a batch of `schema`, each cast to its field's type where it differs.
-pub fn cast_columns(columns: &[ArrayRef], schema: &SchemaRef) -> ArrowResult<RecordBatch> {
+pub(crate) fn cast_columns(columns: &[ArrayRef], schema: &SchemaRef) -> ArrowResult<RecordBatch> {
     let columns = (columns.iter().zip(schema.fields()))
         .map(|(c, f)| match c.data_type() == f.data_type() {
             true => Ok(Arc::clone(c)),
@@ -88,7 +84,7 @@ pub fn cast_columns(columns: &[ArrayRef], schema: &SchemaRef) -> ArrowResult<Rec
 /// The view of `s` in a view array whose buffer `block` is `bytes`: held inline when it is
 /// 12 bytes or shorter, else appended to `bytes` and pointed at. (The caller keeps `bytes`
 /// under 4 GiB.)
-pub fn view_of(s: &str, block: u32, bytes: &mut Vec<u8>) -> u128 {
+pub(crate) fn view_of(s: &str, block: u32, bytes: &mut Vec<u8>) -> u128 {
     let view = make_view(s.as_bytes(), block, bytes.len() as u32);
     if s.len() > 12 {
         bytes.extend_from_slice(s.as_bytes());

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 /// Attributes an integration may write.
-pub const WRITABLE: &[&str] = &[
+pub(crate) const WRITABLE: &[&str] = &[
     "firstName",
     "lastName",
     "street",
@@ -24,14 +24,15 @@ pub const WRITABLE: &[&str] = &[
 ];
 
 /// Attributes Engage computes or generates; writes to them are dropped.
-pub const READ_ONLY: &[&str] = &["memberNumber", "age", "rfm", "nps", "id"];
+pub(crate) const READ_ONLY: &[&str] = &["memberNumber", "age", "rfm", "nps", "id"];
 
 /// Attributes that can identify the contacts of a contact type.
-pub const KEY_ATTRIBUTES: &[&str] = &["email", "mobilePhone", "externalId", "socialSecurityNumber"];
+pub(crate) const KEY_ATTRIBUTES: &[&str] =
+    &["email", "mobilePhone", "externalId", "socialSecurityNumber"];
 
 /// True for `null`, `""` and whitespace-only strings: values a client should not send
 /// unless it means to clear the attribute.
-pub fn is_empty_value(value: &Value) -> bool {
+pub(crate) fn is_empty_value(value: &Value) -> bool {
     match value {
         Value::Null => true,
         Value::String(s) => s.trim().is_empty(),
@@ -40,7 +41,7 @@ pub fn is_empty_value(value: &Value) -> bool {
 }
 
 /// A plausible address: one `@`, a non-empty local part, a dotted domain, no whitespace.
-pub fn valid_email(s: &str) -> bool {
+pub(crate) fn valid_email(s: &str) -> bool {
     let Some((local, domain)) = s.split_once('@') else {
         return false;
     };
@@ -55,7 +56,7 @@ pub fn valid_email(s: &str) -> bool {
 /// `+` then 7 to 15 digits, spaces and hyphens allowed between digits. A number without its
 /// `+` (or with a space in its place, the mark of a client that did not percent-encode it)
 /// is invalid.
-pub fn valid_phone(s: &str) -> bool {
+pub(crate) fn valid_phone(s: &str) -> bool {
     let Some(rest) = s.strip_prefix('+') else {
         return false;
     };
@@ -68,7 +69,7 @@ pub fn valid_phone(s: &str) -> bool {
 }
 
 /// Swedish (`YYMMDD-NNNN`, `YYYYMMDDNNNN`, ...) or Finnish (`DDMMYY-NNNC`) personal numbers.
-pub fn valid_ssn(s: &str) -> bool {
+pub(crate) fn valid_ssn(s: &str) -> bool {
     let b = s.as_bytes();
     let digits = |r: &[u8]| r.iter().all(u8::is_ascii_digit);
     let swedish = match b.len() {
@@ -93,7 +94,7 @@ fn valid_date(s: &str) -> bool {
 
 /// The form two values of a key attribute are compared in: emails ignore case, phones
 /// ignore separators, personal numbers ignore the hyphen.
-pub fn normalize_key(attribute: &str, value: &str) -> String {
+pub(crate) fn normalize_key(attribute: &str, value: &str) -> String {
     match attribute {
         "email" => value.to_lowercase(),
         "mobilePhone" => value
@@ -110,7 +111,7 @@ pub fn normalize_key(attribute: &str, value: &str) -> String {
 }
 
 /// Why a non-empty value of a standard attribute would be refused (422 ValidationError).
-pub fn value_problem(attribute: &str, value: &Value) -> Option<String> {
+pub(crate) fn value_problem(attribute: &str, value: &Value) -> Option<String> {
     if is_empty_value(value) {
         return None;
     }

@@ -130,7 +130,7 @@ impl Batch {
 
 /// Every accepted batch, and the ones still to process in due order.
 #[derive(Debug, Default)]
-pub struct Batches {
+pub(crate) struct Batches {
     list: Vec<Batch>,
     by_id: HashMap<String, usize>,
     /// Indexes into `list`. The delay is the same for all, so acceptance order is due
@@ -155,11 +155,11 @@ impl Batches {
     }
 
     /// All batches in acceptance order.
-    pub fn infos(&self, now: Instant) -> Vec<BatchInfo> {
+    pub(crate) fn infos(&self, now: Instant) -> Vec<BatchInfo> {
         self.list.iter().map(|b| b.info(now)).collect()
     }
 
-    pub fn info(&self, id: &str, now: Instant) -> Option<BatchInfo> {
+    pub(crate) fn info(&self, id: &str, now: Instant) -> Option<BatchInfo> {
         let index = self.by_id.get(id)?;
         self.list.get(*index).map(|b| b.info(now))
     }
@@ -177,7 +177,7 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 /// whole and queues it. Items are checked when the batch is applied, as Engage reports
 /// item errors only through the status. `avoidTriggeringExport` is accepted and has no
 /// effect here.
-pub fn submit(
+pub(crate) fn submit(
     tenant: &mut Tenant,
     kind: BatchKind,
     params: &[(String, String)],
@@ -243,7 +243,7 @@ pub fn submit(
 
 /// `GET /api/v3/contacts/bulk/status?batchId=...`. The path and the answer's shape are
 /// assumed: Voyado documents only v2's path and no shape.
-pub fn status(tenant: &Tenant, params: &[(String, String)], now: Instant) -> Reply {
+pub(crate) fn status(tenant: &Tenant, params: &[(String, String)], now: Instant) -> Reply {
     let Some(id) = param(params, "batchId").filter(|id| !id.trim().is_empty()) else {
         return error(
             400,
@@ -274,7 +274,7 @@ pub fn status(tenant: &Tenant, params: &[(String, String)], now: Instant) -> Rep
 }
 
 /// Applies every batch whose time has come, in acceptance order.
-pub fn settle(tenant: &mut Tenant, now: Instant) {
+pub(crate) fn settle(tenant: &mut Tenant, now: Instant) {
     while let Some(index) = tenant.batches.pop_due(now) {
         process(tenant, index);
     }

@@ -21,24 +21,24 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Accepts TCP connections and wraps each in a [`CutStream`].
 #[derive(Debug)]
-pub struct CutListener(pub TcpListener);
+pub(crate) struct CutListener(pub TcpListener);
 
 /// A TCP stream that fails all I/O once its connection has been cut.
 #[derive(Debug)]
-pub struct CutStream {
+pub(crate) struct CutStream {
     inner: TcpStream,
     cut: Arc<AtomicBool>,
 }
 
 /// Handle to one connection, given to handlers as `ConnectInfo<Connection>`.
 #[derive(Debug, Clone)]
-pub struct Connection {
+pub(crate) struct Connection {
     cut: Arc<AtomicBool>,
 }
 
 impl Connection {
     /// Makes the connection drop before the current response is written.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
     }
 }

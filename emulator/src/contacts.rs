@@ -12,7 +12,7 @@ use super::violations::ViolationKind;
 
 /// An answer before it becomes HTTP.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub body: Value,
 }
@@ -24,7 +24,7 @@ impl Reply {
 }
 
 /// Voyado-style error body: `{"status", "errorCode", "message"}` plus details.
-pub fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
+pub(crate) fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
     Reply {
         status,
         body: json!({"status": status, "errorCode": code, "message": message.into()}),
@@ -55,7 +55,7 @@ const LOOKUP_KEYS: [&str; 5] = [
 ];
 
 /// `GET /api/v3/contacts/id?...`
-pub fn lookup(tenant: &mut Tenant, params: &[(String, String)]) -> Reply {
+pub(crate) fn lookup(tenant: &mut Tenant, params: &[(String, String)]) -> Reply {
     let keys: Vec<&(String, String)> = params
         .iter()
         .filter(|(k, _)| LOOKUP_KEYS.contains(&k.as_str()))
@@ -158,7 +158,7 @@ fn race_create(tenant: &mut Tenant, attribute: &str, value: &str, contact_type: 
 /// Why a write of one contact was refused. Single writes answer it as HTTP ([`Self::reply`]);
 /// bulk items report it as an item error ([`Self::item_error`]), so both share one path.
 #[derive(Debug, Clone, PartialEq)]
-pub enum WriteError {
+pub(crate) enum WriteError {
     /// The contact type is unknown (or, in a batch item, not the batch's type).
     InvalidContactType(String),
     /// The contact type's key attribute is absent, null or empty where it is required.
@@ -189,7 +189,7 @@ pub enum WriteError {
 
 impl WriteError {
     /// The answer of a single create or update.
-    pub fn reply(&self) -> Reply {
+    pub(crate) fn reply(&self) -> Reply {
         match self {
             WriteError::InvalidContactType(message) => error(400, "InvalidContactType", message),
             WriteError::MissingKey { key, type_name } => validation_error(
@@ -213,7 +213,7 @@ impl WriteError {
 
     /// The error code and message of a bulk item: an invalid key is named by its kind, as
     /// lookups name it.
-    pub fn item_error(&self) -> (&'static str, String) {
+    pub(crate) fn item_error(&self) -> (&'static str, String) {
         match self {
             WriteError::InvalidContactType(message) => ("InvalidContactType", message.clone()),
             WriteError::MissingKey { key, type_name } => (
@@ -319,7 +319,7 @@ fn clean(tenant: &mut Tenant, endpoint: Endpoint, body: Map<String, Value>) -> C
     }
 }
 
-pub fn endpoint_name(endpoint: Endpoint) -> String {
+pub(crate) fn endpoint_name(endpoint: Endpoint) -> String {
     serde_json::to_value(endpoint)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -342,7 +342,7 @@ fn key_holder(
 }
 
 /// The key attribute of a contact type.
-pub fn type_key(tenant: &Tenant, type_name: &str) -> Result<String, WriteError> {
+pub(crate) fn type_key(tenant: &Tenant, type_name: &str) -> Result<String, WriteError> {
     tenant
         .settings
         .contact_type(type_name)
@@ -354,7 +354,7 @@ pub fn type_key(tenant: &Tenant, type_name: &str) -> Result<String, WriteError> 
 
 /// Query parameters of a create.
 #[derive(Debug, Default)]
-pub struct CreateParams {
+pub(crate) struct CreateParams {
     pub source: Option<String>,
     pub store_external_id: Option<String>,
     pub create_as_unapproved: bool,
@@ -362,7 +362,7 @@ pub struct CreateParams {
 
 /// Creates one contact of `type_name` from a flat body (without `contactType`), as a
 /// single create or a bulk item; `endpoint` names the call in violations.
-pub fn create_contact(
+pub(crate) fn create_contact(
     tenant: &mut Tenant,
     endpoint: Endpoint,
     type_name: &str,
@@ -416,7 +416,11 @@ pub fn create_contact(
 }
 
 /// `POST /api/v3/contacts`
-pub fn create(tenant: &mut Tenant, params: CreateParams, mut body: Map<String, Value>) -> Reply {
+pub(crate) fn create(
+    tenant: &mut Tenant,
+    params: CreateParams,
+    mut body: Map<String, Value>,
+) -> Reply {
     let type_name = match body.remove("contactType") {
         None | Some(Value::Null) => "Member".to_string(),
         Some(Value::String(s)) => s,
@@ -436,7 +440,7 @@ pub fn create(tenant: &mut Tenant, params: CreateParams, mut body: Map<String, V
 /// Which contact an update is for: by id (single PATCH), or by the key attribute in the
 /// body among the contacts of a type (bulk PATCH).
 #[derive(Debug, Clone, Copy)]
-pub enum Target<'a> {
+pub(crate) enum Target<'a> {
     Id(&'a str),
     Key { type_name: &'a str },
 }
@@ -457,7 +461,7 @@ fn by_key(tenant: &Tenant, type_name: &str, key: &str, value: &str) -> Option<St
 
 /// Updates one contact: every attribute present overwrites, `contactType` is ignored.
 /// Returns the contact's id.
-pub fn update_contact(
+pub(crate) fn update_contact(
     tenant: &mut Tenant,
     endpoint: Endpoint,
     target: Target<'_>,
@@ -515,7 +519,7 @@ pub fn update_contact(
 }
 
 /// `PATCH /api/v3/contacts/{contactId}`
-pub fn update(tenant: &mut Tenant, id: &str, body: Map<String, Value>) -> Reply {
+pub(crate) fn update(tenant: &mut Tenant, id: &str, body: Map<String, Value>) -> Reply {
     match update_contact(tenant, Endpoint::Update, Target::Id(id), body) {
         Ok(id) => Reply::ok(
             200,
@@ -526,7 +530,7 @@ pub fn update(tenant: &mut Tenant, id: &str, body: Map<String, Value>) -> Reply 
 }
 
 /// `GET /api/v3/contacts/{contactId}`
-pub fn get(tenant: &Tenant, id: &str) -> Reply {
+pub(crate) fn get(tenant: &Tenant, id: &str) -> Reply {
     match tenant.get(id) {
         Some(c) => Reply::ok(200, c.to_api()),
         None => error(404, "ContactNotFound", "no contact with this id"),

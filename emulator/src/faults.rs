@@ -12,14 +12,14 @@ use super::config::{Faults, RateLimit};
 
 /// SplitMix64: tiny, fast and good enough for choosing faults; not for secrets.
 #[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
+pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -28,13 +28,13 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
+    pub(crate) fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// True with probability `share`; draws even when `share` is 0 or 1 so the stream's
     /// position depends only on how many decisions were made.
-    pub fn chance(&mut self, share: f64) -> bool {
+    pub(crate) fn chance(&mut self, share: f64) -> bool {
         self.next_f64() < share
     }
 }
@@ -57,14 +57,14 @@ pub struct InjectedFaults {
 
 /// The server error a request got instead of its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerError {
+pub(crate) enum ServerError {
     Internal,
     BadGateway,
     Unavailable,
 }
 
 impl ServerError {
-    pub fn status(self) -> u16 {
+    pub(crate) fn status(self) -> u16 {
         match self {
             ServerError::Internal => 500,
             ServerError::BadGateway => 502,
@@ -75,7 +75,7 @@ impl ServerError {
 
 /// What becomes of an accepted bulk batch, decided when it is accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchFate {
+pub(crate) enum BatchFate {
     Apply,
     /// Never finishes: status `Processing` forever.
     Stall,
@@ -85,7 +85,7 @@ pub enum BatchFate {
 
 /// Live fault state: the configuration plus one random stream per fault.
 #[derive(Debug)]
-pub struct FaultState {
+pub(crate) struct FaultState {
     pub config: Faults,
     errors: SplitMix64,
     lost: SplitMix64,
@@ -98,7 +98,7 @@ pub struct FaultState {
 }
 
 impl FaultState {
-    pub fn new(config: Faults) -> Self {
+    pub(crate) fn new(config: Faults) -> Self {
         // Distinct odd offsets give independent streams from one seed.
         let stream = |n: u64| SplitMix64::new(config.seed ^ n.wrapping_mul(0xA076_1D64_78BD_642F));
         FaultState {
@@ -116,7 +116,7 @@ impl FaultState {
 
     /// `Some(retry_after_secs)` when this request is over the cap. Only accepted requests
     /// count toward the window, as a client that backs off must eventually get through.
-    pub fn rate_limited(&mut self, now: Instant) -> Option<Option<u64>> {
+    pub(crate) fn rate_limited(&mut self, now: Instant) -> Option<Option<u64>> {
         let RateLimit {
             requests,
             window,
@@ -138,7 +138,7 @@ impl FaultState {
     }
 
     /// A server error to answer instead of handling the request, if one is due.
-    pub fn server_error(&mut self) -> Option<ServerError> {
+    pub(crate) fn server_error(&mut self) -> Option<ServerError> {
         if self.config.error_rate <= 0.0 || !self.errors.chance(self.config.error_rate) {
             return None;
         }
@@ -151,7 +151,7 @@ impl FaultState {
     }
 
     /// Whether a successful write loses its answer.
-    pub fn lose_answer(&mut self) -> bool {
+    pub(crate) fn lose_answer(&mut self) -> bool {
         let lost =
             self.config.lost_answer_rate > 0.0 && self.lost.chance(self.config.lost_answer_rate);
         if lost {
@@ -161,7 +161,7 @@ impl FaultState {
     }
 
     /// Whether another writer creates the contact a lookup just did not find.
-    pub fn race_create(&mut self) -> bool {
+    pub(crate) fn race_create(&mut self) -> bool {
         let race =
             self.config.race_create_rate > 0.0 && self.race.chance(self.config.race_create_rate);
         if race {
@@ -171,13 +171,13 @@ impl FaultState {
     }
 
     /// Whether to delete one contact when deleting a share of them.
-    pub fn delete_one(&mut self, share: f64) -> bool {
+    pub(crate) fn delete_one(&mut self, share: f64) -> bool {
         self.delete.chance(share)
     }
 
     /// The fate of a batch being accepted. Both streams are consulted for every batch, so
     /// turning one of the two faults on does not shift when the other fires.
-    pub fn batch_fate(&mut self) -> BatchFate {
+    pub(crate) fn batch_fate(&mut self) -> BatchFate {
         let stall =
             self.config.bulk_stall_rate > 0.0 && self.stall.chance(self.config.bulk_stall_rate);
         let fail = self.config.bulk_fail_rate > 0.0 && self.fail.chance(self.config.bulk_fail_rate);
@@ -192,7 +192,7 @@ impl FaultState {
         }
     }
 
-    pub fn latency(&self) -> Duration {
+    pub(crate) fn latency(&self) -> Duration {
         self.config.latency
     }
 }

@@ -26,20 +26,20 @@ const BODY_LIMIT: usize = 4 * 1024 * 1024;
 const BULK_BODY_LIMIT: usize = 30_000_000;
 
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub tenant: Arc<Mutex<Tenant>>,
     pub api_key: Arc<ApiKey>,
 }
 
 /// Locks the tenant and applies the bulk batches that have come due, so whoever looks next
 /// sees them applied. A panic elsewhere must not wedge the emulator, so poisoning is ignored.
-pub fn lock(tenant: &Mutex<Tenant>) -> MutexGuard<'_, Tenant> {
+pub(crate) fn lock(tenant: &Mutex<Tenant>) -> MutexGuard<'_, Tenant> {
     let mut guard = tenant.lock().unwrap_or_else(PoisonError::into_inner);
     bulk::settle(&mut guard, Instant::now());
     guard
 }
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/_emulator/dump", get(dump))
         .route("/_emulator/delete-contacts", post(delete))

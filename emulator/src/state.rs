@@ -140,7 +140,7 @@ pub struct Dump {
 
 /// Static tenant configuration used while answering.
 #[derive(Debug)]
-pub struct TenantSettings {
+pub(crate) struct TenantSettings {
     pub contact_types: Vec<ContactTypeConfig>,
     pub custom_attributes: HashSet<String>,
     pub mandatory: Vec<String>,
@@ -149,7 +149,7 @@ pub struct TenantSettings {
 }
 
 impl TenantSettings {
-    pub fn contact_type(&self, name: &str) -> Option<&ContactTypeConfig> {
+    pub(crate) fn contact_type(&self, name: &str) -> Option<&ContactTypeConfig> {
         self.contact_types.iter().find(|t| t.name == name)
     }
 }
@@ -158,7 +158,7 @@ type IndexKey = (&'static str, String);
 
 /// The tenant. Contacts are kept in creation order (`seq`), indexed by key attribute.
 #[derive(Debug)]
-pub struct Tenant {
+pub(crate) struct Tenant {
     pub settings: TenantSettings,
     contacts: BTreeMap<u64, Contact>,
     by_id: HashMap<String, u64>,
@@ -187,7 +187,7 @@ const INDEXED: [&str; 5] = [
 ];
 
 impl Tenant {
-    pub fn new(config: &EmulatorConfig) -> Self {
+    pub(crate) fn new(config: &EmulatorConfig) -> Self {
         Tenant {
             settings: TenantSettings {
                 contact_types: config.contact_types.clone(),
@@ -222,18 +222,18 @@ impl Tenant {
     }
 
     /// A fresh contact id: a version 4 UUID drawn from the seeded stream.
-    pub fn new_id(&mut self) -> String {
+    pub(crate) fn new_id(&mut self) -> String {
         uuid_from(&mut self.id_stream)
     }
 
     /// A fresh bulk batch id, a UUID like contact ids.
-    pub fn new_batch_id(&mut self) -> String {
+    pub(crate) fn new_batch_id(&mut self) -> String {
         uuid_from(&mut self.batch_id_stream)
     }
 
     /// Stores a new contact, giving it the next memberNumber unless it has one (a seed
     /// restored from a dump keeps its own).
-    pub fn insert(&mut self, mut contact: Contact) -> String {
+    pub(crate) fn insert(&mut self, mut contact: Contact) -> String {
         let given = contact
             .str("memberNumber")
             .and_then(|n| n.parse::<u64>().ok());
@@ -258,12 +258,16 @@ impl Tenant {
         id
     }
 
-    pub fn get(&self, id: &str) -> Option<&Contact> {
+    pub(crate) fn get(&self, id: &str) -> Option<&Contact> {
         self.by_id.get(id).and_then(|seq| self.contacts.get(seq))
     }
 
     /// Applies `change` to a contact, keeping the indexes right.
-    pub fn modify(&mut self, id: &str, change: impl FnOnce(&mut Contact)) -> Option<&Contact> {
+    pub(crate) fn modify(
+        &mut self,
+        id: &str,
+        change: impl FnOnce(&mut Contact),
+    ) -> Option<&Contact> {
         let seq = *self.by_id.get(id)?;
         let contact = self.contacts.get_mut(&seq)?;
         let before = Self::index_keys(contact);
@@ -280,7 +284,7 @@ impl Tenant {
         self.contacts.get(&seq)
     }
 
-    pub fn remove(&mut self, id: &str) -> Option<Contact> {
+    pub(crate) fn remove(&mut self, id: &str) -> Option<Contact> {
         let seq = self.by_id.remove(id)?;
         let contact = self.contacts.remove(&seq)?;
         for key in Self::index_keys(&contact) {
@@ -292,7 +296,7 @@ impl Tenant {
     }
 
     /// Contacts whose `attribute` equals `value` (compared normalised), in creation order.
-    pub fn find(&self, attribute: &str, value: &str) -> Vec<&Contact> {
+    pub(crate) fn find(&self, attribute: &str, value: &str) -> Vec<&Contact> {
         let Some(attr) = INDEXED.iter().find(|a| **a == attribute) else {
             return Vec::new();
         };
@@ -304,15 +308,15 @@ impl Tenant {
             .collect()
     }
 
-    pub fn contacts(&self) -> impl Iterator<Item = &Contact> {
+    pub(crate) fn contacts(&self) -> impl Iterator<Item = &Contact> {
         self.contacts.values()
     }
 
-    pub fn ids(&self) -> Vec<String> {
+    pub(crate) fn ids(&self) -> Vec<String> {
         self.contacts.values().map(|c| c.id.clone()).collect()
     }
 
-    pub fn dump(&self) -> Dump {
+    pub(crate) fn dump(&self) -> Dump {
         Dump {
             contacts: self.contacts.values().cloned().collect(),
             request_total: self.requests.total(),

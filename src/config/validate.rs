@@ -99,7 +99,7 @@ impl Findings {
 /// The calls run in the order `check` lists problems in, which users and their scripts have
 /// come to read: that is why `[sync]`'s checkpoint and lock keys and `[identifier]`'s
 /// `contact_id_column` are checked after `[fields]` rather than with their sections.
-pub fn validate(config: Config, dir: &Path) -> Result<Settings> {
+pub(super) fn validate(config: Config, dir: &Path) -> Result<Settings> {
     let Config {
         name,
         source,

@@ -32,10 +32,10 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::{DataFrame, SessionContext};
 use serde::Serialize;
 
-pub use sizing::size_session;
+pub(crate) use sizing::size_session;
 use sql::Rules;
 use strategy::{Inputs, Strategy};
-pub use tally::{Tally, log_metrics, summarize};
+pub(crate) use tally::{Tally, summarize};
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -76,7 +76,7 @@ pub struct Summary {
 
 /// The planned change set: one frame per identifier bucket, and the current mapping's
 /// attribute type classes (recorded with the next snapshot).
-pub struct ChangeSet {
+pub(crate) struct ChangeSet {
     pub buckets: Vec<DataFrame>,
     /// The state the change set was computed against, with its stored values (staging
     /// reads them to tell which attributes changed).
@@ -93,7 +93,7 @@ pub struct ChangeSet {
 /// `snapshot` is the loaded state and its manifest, or None for a first run.
 /// With `wide` false the value columns are left out of the change set (counting needs
 /// only kinds and identifiers); staging and baselines need them.
-pub async fn change_set(
+pub(crate) async fn change_set(
     ctx: &SessionContext,
     settings: &Settings,
     snapshot: Option<(DataFrame, &Manifest)>,

@@ -30,7 +30,7 @@ const MAX_AUTO_BUCKETS: u32 = 256;
 /// a first run) and, when that is one (so the model runs in one piece: buckets are at
 /// least the slices), sizes the session's partitions to the model's sources. The sources
 /// are listed only when that can change something: on a first run, or for one bucket.
-pub async fn size_session(
+pub(crate) async fn size_session(
     ctx: &SessionContext,
     settings: &Settings,
     snapshot_rows: Option<u64>,

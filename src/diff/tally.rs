@@ -16,14 +16,14 @@ const SAMPLES_PER_KIND: usize = 5;
 
 /// Counts kinds and keeps samples while a change set streams by.
 #[derive(Debug, Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     pub summary: Summary,
 }
 
 impl Tally {
     /// Counts one classified batch (which must hold `_kind`, `_identifier`,
     /// `_raw_identifier` and `_reason`) and returns each row's kind.
-    pub fn add(&mut self, batch: &RecordBatch) -> Result<Vec<ChangeKind>> {
+    pub(crate) fn add(&mut self, batch: &RecordBatch) -> Result<Vec<ChangeKind>> {
         let col = |name: &str| string_column(batch, name);
         let kinds = columns::kinds(batch)?;
         // Identifiers and reasons are read only for samples: casting them costs a copy.
@@ -84,7 +84,7 @@ impl Tally {
 /// Streams the change set once, counting each kind and keeping a few samples of each.
 /// Buckets run `at_once` at a time, each on its own task (so on its own core), and are
 /// tallied in order: the samples are those a one-by-one run keeps.
-pub async fn summarize(set: &ChangeSet) -> Result<Summary> {
+pub(crate) async fn summarize(set: &ChangeSet) -> Result<Summary> {
     let tallies = set.buckets.iter().map(|df| {
         let df = df.clone();
         datafusion::common::runtime::SpawnedTask::spawn(tally_bucket(df)).join()
@@ -122,7 +122,7 @@ async fn tally_bucket(df: DataFrame) -> Result<Tally> {
 
 /// With `-vv`, the executed plan with its metrics (rows, time, memory, spills per operator):
 /// where a slow diff spends its time.
-pub fn log_metrics(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) {
+pub(crate) fn log_metrics(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) {
     if tracing::enabled!(tracing::Level::TRACE) {
         let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
             plan.as_ref(),

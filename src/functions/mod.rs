@@ -3,13 +3,13 @@
 //! key ([`slice`]). They live below every stage that names them in SQL, so the catalog,
 //! the model, the diff and the state all import them and none imports another for them.
 
-pub mod row_hash;
-pub mod slice;
+pub(crate) mod row_hash;
+pub(crate) mod slice;
 
 use datafusion::logical_expr::ScalarUDF;
 
 /// Every scalar function of the crate.
-pub fn all() -> Vec<ScalarUDF> {
+pub(crate) fn all() -> Vec<ScalarUDF> {
     crate::identity::udf::all()
         .into_iter()
         .chain(row_hash::all())
@@ -18,7 +18,7 @@ pub fn all() -> Vec<ScalarUDF> {
 }
 
 /// Registers every scalar function of the crate on `ctx`.
-pub fn register(ctx: &datafusion::prelude::SessionContext) {
+pub(crate) fn register(ctx: &datafusion::prelude::SessionContext) {
     for udf in all() {
         ctx.register_udf(udf);
     }

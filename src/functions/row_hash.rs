@@ -44,20 +44,20 @@ use datafusion::logical_expr::{
 
 /// Recorded in the manifest; a different stored version makes the diff recompute hashes
 /// from the stored values instead of trusting them.
-pub const HASH_VERSION: u32 = 3;
-pub const HASH_BYTES: i32 = 16;
+pub(crate) const HASH_VERSION: u32 = 3;
+pub(crate) const HASH_BYTES: i32 = 16;
 
-pub const ROW_HASH: &str = "voyado_row_hash";
-pub const VALUE_KEY: &str = "voyado_value_key";
+pub(crate) const ROW_HASH: &str = "voyado_row_hash";
+pub(crate) const VALUE_KEY: &str = "voyado_value_key";
 /// `voyado_hash_prefix(hash)` -> FixedSizeBinary(8): a row hash's first [`PREFIX_BYTES`], all
 /// that change detection compares (see `classify`); half the bytes in a count's bucket files.
-pub const HASH_PREFIX: &str = "voyado_hash_prefix";
-pub const PREFIX_BYTES: i32 = 8;
+pub(crate) const HASH_PREFIX: &str = "voyado_hash_prefix";
+pub(crate) const PREFIX_BYTES: i32 = 8;
 
 /// SQL calling the row hash over (attribute, column expression) pairs, given in attribute
 /// order; with no pairs, the hash of no values. (Attribute names are validated to letters,
 /// digits and `_`, so they need no escaping as literals.)
-pub fn sql_call<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> String {
+pub(crate) fn sql_call<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> String {
     let args: Vec<String> = pairs
         .into_iter()
         .map(|(attribute, expr)| format!("'{attribute}', {expr}"))
@@ -70,12 +70,12 @@ pub fn sql_call<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Strin
 }
 
 /// Whether a column type can be mapped (and so encoded, hashed and sent).
-pub fn supported_type(t: &DataType) -> bool {
+pub(crate) fn supported_type(t: &DataType) -> bool {
     type_class(t).is_some()
 }
 
 /// The type class of a column, as recorded in the manifest and used in the encoding.
-pub fn type_class(t: &DataType) -> Option<&'static str> {
+pub(crate) fn type_class(t: &DataType) -> Option<&'static str> {
     use DataType::*;
     Some(match t {
         Utf8 | LargeUtf8 | Utf8View => "string",
@@ -95,7 +95,7 @@ type WriteText<'a> = Box<dyn Fn(usize, &mut Vec<u8>) + 'a>;
 
 /// Writes one column's values in the canonical encoding. Built once per batch and column so
 /// the per-row work is a typed array access, not a type dispatch.
-pub enum ValueEncoder<'a> {
+pub(crate) enum ValueEncoder<'a> {
     Str(Strings),
     Int(Box<dyn Fn(usize) -> i128 + 'a>, &'a dyn Array),
     Float(Box<dyn Fn(usize) -> f64 + 'a>, &'a dyn Array),
@@ -108,7 +108,7 @@ pub enum ValueEncoder<'a> {
 }
 
 impl<'a> ValueEncoder<'a> {
-    pub fn new(array: &'a ArrayRef) -> Result<Self> {
+    pub(crate) fn new(array: &'a ArrayRef) -> Result<Self> {
         use DataType::*;
         let a = array.as_ref();
         Ok(match array.data_type() {
@@ -192,7 +192,7 @@ impl<'a> ValueEncoder<'a> {
 
     /// Appends `tag | u32 len | bytes` for row `i`; returns false (writing nothing) when the
     /// value is empty.
-    pub fn write(&self, i: usize, out: &mut Vec<u8>) -> bool {
+    pub(crate) fn write(&self, i: usize, out: &mut Vec<u8>) -> bool {
         fn put(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) -> bool {
             out.push(tag);
             out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
@@ -271,7 +271,7 @@ where
 /// Appends `v` as decimal text at `scale` ("12.50", "-0.05"), the text Arrow's cast to
 /// string gives, without its per-value String. Returns false, writing nothing, for the
 /// cases left to Arrow: negative scales and values beyond the precision.
-pub fn decimal_text(v: i128, precision: u8, scale: i8, out: &mut Vec<u8>) -> bool {
+pub(crate) fn decimal_text(v: i128, precision: u8, scale: i8, out: &mut Vec<u8>) -> bool {
     let mut buf = itoa::Buffer::new();
     let digits = buf.format(v.unsigned_abs()).as_bytes();
     if scale < 0 || digits.len() > usize::from(precision) {
@@ -306,7 +306,7 @@ struct HashUdf {
     signature: Signature,
 }
 
-pub fn all() -> Vec<ScalarUDF> {
+pub(crate) fn all() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::from(HashUdf {
             name: ROW_HASH,

@@ -10,10 +10,10 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-pub const SLICE: &str = "voyado_slice";
+pub(crate) const SLICE: &str = "voyado_slice";
 
 /// Key types a model can be sliced by.
-pub fn slice_key_type(t: &DataType) -> bool {
+pub(crate) fn slice_key_type(t: &DataType) -> bool {
     use DataType::*;
     matches!(
         t,
@@ -39,7 +39,7 @@ struct SliceUdf {
     signature: Signature,
 }
 
-pub fn all() -> Vec<ScalarUDF> {
+pub(crate) fn all() -> Vec<ScalarUDF> {
     vec![ScalarUDF::from(SliceUdf {
         signature: Signature::any(2, Volatility::Immutable),
     })]

@@ -5,18 +5,18 @@
 //! finds the same contact as the raw one: leading and trailing Unicode whitespace is
 //! removed, and email addresses are lowercased (Unicode lowercasing). Nothing else.
 
-pub mod udf;
+pub(crate) mod udf;
 
 use crate::config::Key;
 
 /// Why a row's identifier makes it unsendable.
-pub const REASON_EMPTY: &str = "identifier is empty";
-pub const REASON_EMAIL: &str = "email is not shaped local@domain.tld";
-pub const REASON_PHONE: &str = "mobilePhone lacks the leading + and country code";
-pub const REASON_DUPLICATE: &str = "identifier shared by several rows";
+pub(crate) const REASON_EMPTY: &str = "identifier is empty";
+pub(crate) const REASON_EMAIL: &str = "email is not shaped local@domain.tld";
+pub(crate) const REASON_PHONE: &str = "mobilePhone lacks the leading + and country code";
+pub(crate) const REASON_DUPLICATE: &str = "identifier shared by several rows";
 
 /// Normalises a raw identifier value for `key`.
-pub fn normalize(raw: &str, key: Key) -> String {
+pub(crate) fn normalize(raw: &str, key: Key) -> String {
     let mut out = String::new();
     normalize_into(raw, key, &mut out);
     out
@@ -24,7 +24,7 @@ pub fn normalize(raw: &str, key: Key) -> String {
 
 /// [`normalize`] appending to `out`, without a String per value for ASCII text (whose
 /// Unicode lowercase is its ASCII lowercase).
-pub fn normalize_into(raw: &str, key: Key, out: &mut String) {
+pub(crate) fn normalize_into(raw: &str, key: Key, out: &mut String) {
     let trimmed = raw.trim_matches(char::is_whitespace);
     match key {
         Key::Email if trimmed.is_ascii() => {
@@ -40,7 +40,7 @@ pub fn normalize_into(raw: &str, key: Key, out: &mut String) {
 /// Whether `raw` is already what [`normalize`] makes of it, judged without copying it: for
 /// ASCII text, no surrounding whitespace and (for emails) no capitals. Other text is
 /// normalised and compared.
-pub fn is_normalized(raw: &str, key: Key) -> bool {
+pub(crate) fn is_normalized(raw: &str, key: Key) -> bool {
     let b = raw.as_bytes();
     let edges = |c: Option<&u8>| c.is_none_or(|c| !c.is_ascii_whitespace() && *c != 0x0b);
     // One pass without early exits, so it vectorises: any byte over 0x7f, any capital.
@@ -58,7 +58,7 @@ pub fn is_normalized(raw: &str, key: Key) -> bool {
 
 /// The reason a normalised identifier is invalid on its own, or `None` when it is valid.
 /// (Duplicates are a property of the whole model output and are found in the diff plan.)
-pub fn problem(normalized: Option<&str>, key: Key) -> Option<&'static str> {
+pub(crate) fn problem(normalized: Option<&str>, key: Key) -> Option<&'static str> {
     let value = match normalized {
         None | Some("") => return Some(REASON_EMPTY),
         Some(v) => v,
@@ -148,7 +148,7 @@ fn is_phone_shaped(v: &str) -> bool {
 /// Buckets only need to agree within one diff, whose model rows and snapshot rows are
 /// routed by the same build, so the quickest hash serves: with BLAKE3, routing took a
 /// tenth of a sliced plan's CPU.
-pub fn bucket(normalized: &str, n: u32) -> u32 {
+pub(crate) fn bucket(normalized: &str, n: u32) -> u32 {
     (xxhash_rust::xxh3::xxh3_64(normalized.as_bytes()) % u64::from(n.max(1))) as u32
 }
 
@@ -156,7 +156,7 @@ pub fn bucket(normalized: &str, n: u32) -> u32 {
 /// bytes 8..16 read as a little-endian u64, modulo `n` (0 is 1). Stable on every machine
 /// and build, since each shard keeps its own state, and independent of [`bucket`] (another
 /// hash), so a shard's rows still spread over all of the diff's buckets.
-pub fn shard(normalized: &str, n: u32) -> u32 {
+pub(crate) fn shard(normalized: &str, n: u32) -> u32 {
     let h = blake3::hash(normalized.as_bytes());
     let mut b = [0u8; 8];
     b.copy_from_slice(&h.as_bytes()[8..16]);

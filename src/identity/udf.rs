@@ -16,13 +16,13 @@ use super::{bucket, is_normalized, normalize_into, problem, shard};
 use crate::config::Key;
 use crate::strings::{Strings, view_of};
 
-pub const NORMALIZE: &str = "voyado_normalize_id";
-pub const PROBLEM: &str = "voyado_id_problem";
-pub const BUCKET: &str = "voyado_bucket";
-pub const SHARD: &str = "voyado_shard";
+pub(crate) const NORMALIZE: &str = "voyado_normalize_id";
+pub(crate) const PROBLEM: &str = "voyado_id_problem";
+pub(crate) const BUCKET: &str = "voyado_bucket";
+pub(crate) const SHARD: &str = "voyado_shard";
 
 /// All identity UDFs, for registration on a session.
-pub fn all() -> Vec<ScalarUDF> {
+pub(crate) fn all() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::from(IdUdf::new(NORMALIZE)),
         ScalarUDF::from(IdUdf::new(PROBLEM)),

@@ -31,7 +31,7 @@ pub(crate) async fn prepare(target: &Target, create_state: bool) -> Result<Prepa
 }
 
 impl Prepared {
-    pub fn report(&self, command: &str, summary: diff::Summary) -> Report {
+    pub(super) fn report(&self, command: &str, summary: diff::Summary) -> Report {
         Report {
             run_id: self.run_id.clone(),
             sync: self.settings.name.clone(),
@@ -52,7 +52,7 @@ impl Prepared {
     }
 
     /// What a commit of `set` records besides the rows.
-    pub fn new_snapshot(&self, set: &diff::ChangeSet) -> NewSnapshot {
+    pub(super) fn new_snapshot(&self, set: &diff::ChangeSet) -> NewSnapshot {
         NewSnapshot {
             run_id: self.run_id.clone(),
             identifier_key: self.settings.key.as_str().to_string(),
@@ -62,7 +62,7 @@ impl Prepared {
 
     /// The change set of the model against the state's last snapshot, with that snapshot's
     /// manifest.
-    pub async fn change_set(
+    pub(super) async fn change_set(
         &self,
         wide: bool,
     ) -> Result<(diff::ChangeSet, Option<state::Manifest>)> {

@@ -6,7 +6,7 @@ use std::process::Command;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 
-pub fn write_parquet(path: &Path, batch: &RecordBatch) {
+pub(crate) fn write_parquet(path: &Path, batch: &RecordBatch) {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).unwrap();
     }
@@ -17,33 +17,33 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) {
 }
 
 /// A sync in a temporary folder: `data/t.parquet` as table `t`, a config, a state folder.
-pub struct Sync {
+pub(crate) struct Sync {
     pub dir: tempfile::TempDir,
 }
 
 impl Sync {
-    pub fn new() -> Sync {
+    pub(crate) fn new() -> Sync {
         Sync {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    pub fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
-    pub fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         self.path("sync.toml")
     }
 
     /// Replaces the extract of table `t`.
-    pub fn land(&self, batch: &RecordBatch) {
+    pub(crate) fn land(&self, batch: &RecordBatch) {
         write_parquet(&self.path("data/t.parquet"), batch);
     }
 
     /// Writes a config whose model is `sql` over table `t`, with `extra` TOML appended
     /// (mappings and overrides).
-    pub fn write_config(&self, sql: &str, id_col: &str, key: &str, mode: &str, extra: &str) {
+    pub(crate) fn write_config(&self, sql: &str, id_col: &str, key: &str, mode: &str, extra: &str) {
         let text = format!(
             r#"name = "test-sync"
 
@@ -72,29 +72,29 @@ state = "state"
     }
 
     /// Adds `lines` (`key = value`, newline-terminated) to the written config's `[model]`.
-    pub fn add_model_lines(&self, lines: &str) {
+    pub(crate) fn add_model_lines(&self, lines: &str) {
         let text = std::fs::read_to_string(self.config()).unwrap();
         std::fs::write(self.config(), with_model_lines(&text, lines)).unwrap();
     }
 
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.path("state/test-sync")
     }
 }
 
 /// `config` with `lines` added to its `[model]` table.
-pub fn with_model_lines(config: &str, lines: &str) -> String {
+pub(crate) fn with_model_lines(config: &str, lines: &str) -> String {
     config.replacen("[model]\n", &format!("[model]\n{lines}"), 1)
 }
 
-pub struct Output {
+pub(crate) struct Output {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
 }
 
 /// Runs the real binary.
-pub fn cli(args: &[&str], envs: &[(&str, &str)]) -> Output {
+pub(crate) fn cli(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_voyado-sync"));
     cmd.args(args)
         .env_remove("VOYADO_SYNC_CONFIG")
@@ -110,19 +110,19 @@ pub fn cli(args: &[&str], envs: &[(&str, &str)]) -> Output {
     }
 }
 
-pub fn json(out: &Output) -> serde_json::Value {
+pub(crate) fn json(out: &Output) -> serde_json::Value {
     serde_json::from_str(out.stdout.trim())
         .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", out.stdout))
 }
 
-pub fn counts(v: &serde_json::Value) -> [u64; 5] {
+pub(crate) fn counts(v: &serde_json::Value) -> [u64; 5] {
     let c = &v["counts"];
     ["new", "changed", "unchanged", "deleted", "invalid"].map(|k| c[k].as_u64().unwrap())
 }
 
 /// Runs the real binary off the async runtime, so in-process servers (the emulator, scripted
 /// servers) keep answering while it works.
-pub async fn cli_async(args: &[&str], envs: &[(&str, &str)]) -> Output {
+pub(crate) async fn cli_async(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let envs: Vec<(String, String)> = envs
         .iter()
@@ -138,7 +138,7 @@ pub async fn cli_async(args: &[&str], envs: &[(&str, &str)]) -> Output {
 }
 
 /// Starts `voyado-sync -q run -c CONFIG` in the background (to be killed or waited for).
-pub fn spawn_run(config: &Path, envs: &[(&str, &str)]) -> std::process::Child {
+pub(crate) fn spawn_run(config: &Path, envs: &[(&str, &str)]) -> std::process::Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_voyado-sync"));
     cmd.args(["-q", "run", "-c", config.to_str().unwrap()]);
     for (k, v) in envs {
@@ -151,7 +151,7 @@ pub fn spawn_run(config: &Path, envs: &[(&str, &str)]) -> std::process::Child {
 }
 
 /// A free loopback port for a server a test starts.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -160,7 +160,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits (up to 30 s) until something listens on the loopback port.
-pub async fn wait_for_port(port: u16) {
+pub(crate) async fn wait_for_port(port: u16) {
     for _ in 0..300 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;
@@ -171,7 +171,7 @@ pub async fn wait_for_port(port: u16) {
 }
 
 /// Serves a scripted server (what a broken tenant or gateway might answer) on 127.0.0.1.
-pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
+pub(crate) async fn serve(app: axum::Router) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -179,7 +179,7 @@ pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
 }
 
 /// Copies the folder `from` into `to`, recursively.
-pub fn copy_tree(from: &Path, to: &Path) {
+pub(crate) fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -194,7 +194,7 @@ pub fn copy_tree(from: &Path, to: &Path) {
 
 /// Makes `dir` and every folder under it readable by its owner only, as a state folder
 /// must be (git and a plain copy keep no folder modes).
-pub fn chmod_700_tree(dir: &Path) {
+pub(crate) fn chmod_700_tree(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -207,7 +207,7 @@ pub fn chmod_700_tree(dir: &Path) {
 
 /// The real binary's `voyado-sync emulator` as a child process on 127.0.0.1 (a free port),
 /// so a test depends on the emulator's command line only. Killed when dropped.
-pub struct EmulatorProcess {
+pub(crate) struct EmulatorProcess {
     child: std::process::Child,
     /// `http://127.0.0.1:<port>`, as the emulator printed it.
     pub base_url: String,
@@ -215,7 +215,7 @@ pub struct EmulatorProcess {
 
 impl EmulatorProcess {
     /// Starts `voyado-sync emulator --api-key KEY ARGS...` and waits for its address.
-    pub fn start(api_key: &str, args: &[&str]) -> EmulatorProcess {
+    pub(crate) fn start(api_key: &str, args: &[&str]) -> EmulatorProcess {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_voyado-sync"))
             .args([
@@ -247,7 +247,7 @@ impl EmulatorProcess {
     }
 
     /// Stops it with SIGTERM, as Ctrl-C would, and waits: `--dump-on-exit` is written.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let pid = self.child.id().to_string();
         let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(killed.success());
@@ -266,7 +266,7 @@ impl Drop for EmulatorProcess {
 }
 
 /// This host's name as the state's lock file records it.
-pub fn lock_hostname() -> String {
+pub(crate) fn lock_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())

@@ -11,7 +11,7 @@ use voyado_sync::pipeline;
 use crate::common::Sync;
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Row {
+pub(crate) struct Row {
     pub id: Option<String>,
     pub s: Option<String>,
     pub b: Option<bool>,
@@ -24,7 +24,7 @@ pub struct Row {
 
 impl Row {
     /// A row with only its identifier set.
-    pub fn id(id: &str) -> Row {
+    pub(crate) fn id(id: &str) -> Row {
         Row {
             id: Some(id.to_string()),
             s: None,
@@ -38,7 +38,7 @@ impl Row {
     }
 }
 
-pub fn batch(rows: &[Row]) -> RecordBatch {
+pub(crate) fn batch(rows: &[Row]) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, true),
         Field::new("s", DataType::Utf8, true),
@@ -72,7 +72,7 @@ pub fn batch(rows: &[Row]) -> RecordBatch {
     RecordBatch::try_new(schema, cols).unwrap()
 }
 
-pub const MAPPING: &str = r#"
+pub(crate) const MAPPING: &str = r#"
 [fields]
 s = "firstName"
 dt = "birthDay"
@@ -149,7 +149,7 @@ fn valid_rows(rows: &[Row]) -> (BTreeMap<String, Values>, u64, BTreeSet<String>)
     (valid, invalid, present)
 }
 
-pub fn expected(old: &[Row], new: &[Row]) -> [u64; 5] {
+pub(crate) fn expected(old: &[Row], new: &[Row]) -> [u64; 5] {
     let (snap, _, _) = valid_rows(old);
     let (cur, invalid, present) = valid_rows(new);
     let (mut n, mut c, mut u) = (0, 0, 0);
@@ -321,7 +321,7 @@ proptest! {
 }
 
 /// A row with every column set (`i` chosen by the caller).
-pub fn row_i(id: &str, i: i64) -> Row {
+pub(crate) fn row_i(id: &str, i: i64) -> Row {
     Row {
         id: Some(id.to_string()),
         s: Some("Ada".into()),

@@ -1,5 +1,7 @@
 //! The one integration-test binary (each extra test binary would relink DataFusion).
 
+#![allow(clippy::unwrap_used)] // a failed setup step should stop the run where it failed
+
 #[cfg(feature = "ballista")]
 mod ballista;
 mod bulk;

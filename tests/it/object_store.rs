@@ -15,13 +15,13 @@ use crate::diff::{MAPPING, Row, batch};
 use crate::sync::{KEY, assert_no_violations, by_email, emulator_config, outcomes, row};
 
 /// A moto S3 server on a free loopback port, stopped on drop.
-pub struct Moto {
+pub(crate) struct Moto {
     child: Child,
     pub endpoint: String,
 }
 
 impl Moto {
-    pub async fn start() -> Moto {
+    pub(crate) async fn start() -> Moto {
         let port = crate::common::free_port();
         let child = Command::new("python3")
             .args([
@@ -41,7 +41,7 @@ impl Moto {
         Moto { child, endpoint }
     }
 
-    pub async fn bucket(&self, name: &str) -> Arc<dyn ObjectStore> {
+    pub(crate) async fn bucket(&self, name: &str) -> Arc<dyn ObjectStore> {
         let r = reqwest::Client::new()
             .put(format!("{}/{name}", self.endpoint))
             .send()
@@ -83,14 +83,14 @@ fn parquet_bytes(rows: &[Row]) -> Vec<u8> {
     buf
 }
 
-pub async fn upload(store: &Arc<dyn ObjectStore>, path: &str, rows: &[Row]) {
+pub(crate) async fn upload(store: &Arc<dyn ObjectStore>, path: &str, rows: &[Row]) {
     store
         .put(&ObjPath::from(path), PutPayload::from(parquet_bytes(rows)))
         .await
         .unwrap();
 }
 
-pub fn rows(range: std::ops::Range<usize>, i_offset: i64) -> Vec<Row> {
+pub(crate) fn rows(range: std::ops::Range<usize>, i_offset: i64) -> Vec<Row> {
     range
         .map(|i| row(&format!("u{i}@x.se"), i as i64 + i_offset))
         .collect()

@@ -7,9 +7,9 @@ use voyado_emulator::{Deletion, Emulator, EmulatorConfig, Endpoint, Faults};
 use crate::common::{Output, Sync, cli, cli_async, json as parse};
 use crate::diff::{MAPPING, Row, batch};
 
-pub const KEY: &str = "test-api-key-7f3a";
+pub(crate) const KEY: &str = "test-api-key-7f3a";
 
-pub fn emulator_config() -> EmulatorConfig {
+pub(crate) fn emulator_config() -> EmulatorConfig {
     let mut c = EmulatorConfig::new(KEY);
     c.custom_attributes = ["b", "d", "ts", "i", "f", "tier"]
         .map(String::from)
@@ -17,10 +17,10 @@ pub fn emulator_config() -> EmulatorConfig {
     c
 }
 
-pub use crate::diff::row_i as row;
+pub(crate) use crate::diff::row_i as row;
 
 /// A sync against `emu` with the standard mapping; `key`/`mode` as given.
-pub fn sync_for(emu: &Emulator, key: &str, mode: &str, extra: &str) -> Sync {
+pub(crate) fn sync_for(emu: &Emulator, key: &str, mode: &str, extra: &str) -> Sync {
     let s = Sync::new();
     s.write_config(
         "SELECT * FROM t",
@@ -39,14 +39,14 @@ pub fn sync_for(emu: &Emulator, key: &str, mode: &str, extra: &str) -> Sync {
 }
 
 /// Runs `voyado-sync run --json` without blocking the emulator's runtime.
-pub async fn run(s: &Sync, args: &[&str]) -> Output {
+pub(crate) async fn run(s: &Sync, args: &[&str]) -> Output {
     let cfg = s.config().to_str().unwrap().to_string();
     let mut all = vec!["run", "--json", "-c", &cfg];
     all.extend(args);
     cli_async(&all, &[("VOYADO_SYNC_TEST_KEY", KEY)]).await
 }
 
-pub fn outcomes(v: &Value) -> [u64; 6] {
+pub(crate) fn outcomes(v: &Value) -> [u64; 6] {
     [
         "created",
         "updated",
@@ -62,13 +62,13 @@ pub fn outcomes(v: &Value) -> [u64; 6] {
     })
 }
 
-pub fn assert_no_violations(emu: &Emulator) {
+pub(crate) fn assert_no_violations(emu: &Emulator) {
     let v = emu.violations();
     assert!(v.0.is_empty(), "protocol violations: {v:?}");
 }
 
 /// Contacts keyed by email, attributes only (without the memberNumber Voyado generates).
-pub fn by_email(emu: &Emulator) -> std::collections::BTreeMap<String, Value> {
+pub(crate) fn by_email(emu: &Emulator) -> std::collections::BTreeMap<String, Value> {
     emu.contacts()
         .into_iter()
         .map(|c| {
@@ -81,7 +81,7 @@ pub fn by_email(emu: &Emulator) -> std::collections::BTreeMap<String, Value> {
 }
 
 /// Someone else (a person in Voyado's UI, another integration) edits a contact.
-pub async fn edit_in_voyado(emu: &Emulator, email: &str, change: Value) {
+pub(crate) async fn edit_in_voyado(emu: &Emulator, email: &str, change: Value) {
     let id = emu.find("email", email)[0].id.clone();
     let resp = reqwest::Client::new()
         .patch(format!("{}/api/v3/contacts/{id}", emu.base_url()))

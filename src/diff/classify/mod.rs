@@ -39,7 +39,7 @@ mod join;
 mod output;
 mod provider;
 
-pub use provider::Classified;
+pub(super) use provider::Classified;
 
 /// Compact state columns, as `sql::compact` in the diff names them.
 const S_ID: &str = "__s_id";

@@ -19,7 +19,7 @@ use crate::state;
 
 /// The change set of one model frame against one compact state frame, as a table.
 #[derive(Debug)]
-pub struct Classified {
+pub(crate) struct Classified {
     pub(super) model: LogicalPlan,
     pub(super) state: LogicalPlan,
     pub(super) key: Key,
@@ -34,7 +34,7 @@ impl Classified {
     /// `model` holds `_raw_identifier`, `_identifier`, `_known_contact_id`, `_row_hash` and
     /// the `values` columns (others are ignored); `state` holds the compact view
     /// (`__s_id`, `__s_hash`, `__s_contact_id`, `__s_status`) of about `expected` rows.
-    pub fn new(
+    pub(crate) fn new(
         model: DataFrame,
         state: DataFrame,
         key: Key,
