@@ -113,8 +113,13 @@ pub async fn run_executor(settings: Option<&Settings>, opts: ExecutorOptions) ->
             .with_temp_file_path(spill_dir.clone())
             .build_arc()
     });
+    // The scheduler's list (DataFusion's defaults, nested ones such as `array_compact`
+    // included, then the crate's): the executor's default registry lacks the nested ones.
     let mut functions = BallistaFunctionRegistry::default();
-    for udf in shared_functions() {
+    for udf in ballista_scalar_functions()
+        .into_iter()
+        .chain(shared_functions())
+    {
         functions
             .scalar_functions
             .insert(udf.name().to_string(), udf);
