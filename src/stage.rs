@@ -90,14 +90,33 @@ pub(crate) async fn stage(
 ) -> Result<Staged> {
     let pass1 = format!("staged/{run_id}.pass1.parquet");
     let invalid_rel = format!("reports/{run_id}.invalid.parquet");
+    let tally = split_by_kind(state, set, &pass1, &invalid_rel).await?;
+    let rel = format!("staged/{run_id}.parquet");
+    record_changed_attributes(ctx, settings, state, set, &pass1, &rel).await?;
+    state.remove(&pass1).await;
+    Ok(Staged {
+        rel,
+        invalid_rel,
+        summary: tally.summary,
+    })
+}
+
+/// Pass 1: streams the classified rows, counting every kind, into the change set (new,
+/// changed and deleted rows) and the invalid rows' file.
+async fn split_by_kind(
+    state: &State,
+    set: &ChangeSet,
+    pass1: &str,
+    invalid_rel: &str,
+) -> Result<Tally> {
     let mut tally = Tally::default();
     let schema = set
         .buckets
         .first()
         .map(|df| Arc::new(df.schema().as_arrow().clone()))
         .ok_or_else(|| Error::Internal("change set has no buckets".into()))?;
-    let mut changes = state.parquet_writer(&pass1, Arc::clone(&schema))?;
-    let mut invalid = state.parquet_writer(&invalid_rel, Arc::clone(&schema))?;
+    let mut changes = state.parquet_writer(pass1, Arc::clone(&schema))?;
+    let mut invalid = state.parquet_writer(invalid_rel, Arc::clone(&schema))?;
     let werr = |rel: &str, e: datafusion::parquet::errors::ParquetError| {
         Error::parquet(format!("state: writing {rel}"), e)
     };
@@ -129,24 +148,35 @@ pub(crate) async fn stage(
             };
             let kept = f(&keep)?;
             if kept.num_rows() > 0 {
-                changes.write(&kept).await.map_err(|e| werr(&pass1, e))?;
+                changes.write(&kept).await.map_err(|e| werr(pass1, e))?;
             }
             let kept = f(&bad)?;
             if kept.num_rows() > 0 {
                 invalid
                     .write(&kept)
                     .await
-                    .map_err(|e| werr(&invalid_rel, e))?;
+                    .map_err(|e| werr(invalid_rel, e))?;
             }
         }
     }
-    changes.close().await.map_err(|e| werr(&pass1, e))?;
-    invalid.close().await.map_err(|e| werr(&invalid_rel, e))?;
+    changes.close().await.map_err(|e| werr(pass1, e))?;
+    invalid.close().await.map_err(|e| werr(invalid_rel, e))?;
+    Ok(tally)
+}
 
-    // Pass 2: which attributes changed, from the stored values.
+/// Pass 2: the staged rows of pass 1 joined, changed rows only, with the state's stored
+/// values to record which attributes changed, written to `rel`.
+async fn record_changed_attributes(
+    ctx: &SessionContext,
+    settings: &Settings,
+    state: &State,
+    set: &ChangeSet,
+    pass1: &str,
+    rel: &str,
+) -> Result<()> {
     let fail = |e: datafusion::error::DataFusionError| Error::from(StateError::files("staging", e));
     let staged = ctx
-        .read_parquet(state.url(&pass1), ParquetReadOptions::default())
+        .read_parquet(state.url(pass1), ParquetReadOptions::default())
         .await
         .map_err(fail)?;
     let stage1 = temp_view(ctx, "stage1", staged).map_err(fail)?;
@@ -184,12 +214,6 @@ pub(crate) async fn stage(
         id = quote(state::IDENTIFIER),
     );
     let detailed = ctx.sql(&sql).await.map_err(fail)?;
-    let rel = format!("staged/{run_id}.parquet");
-    state.write(detailed, &rel).await?;
-    state.remove(&pass1).await;
-    Ok(Staged {
-        rel,
-        invalid_rel,
-        summary: tally.summary,
-    })
+    state.write(detailed, rel).await?;
+    Ok(())
 }

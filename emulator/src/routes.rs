@@ -235,7 +235,9 @@ fn create_params(params: &[(String, String)]) -> CreateParams {
     }
 }
 
-/// Every API request: checks, faults, then the operation.
+/// Every API request: checks, faults, then the operation. Kept as one function so the
+/// order in which Voyado refuses a request (key, path, method, faults, body) reads top to
+/// bottom.
 async fn api(
     State(state): State<AppState>,
     ConnectInfo(conn): ConnectInfo<Connection>,
