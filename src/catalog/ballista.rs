@@ -7,7 +7,6 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::config::{Location, Settings};
 use crate::error::{Error, Result, one_line};
 
 /// A client session whose queries the scheduler at `url` (`df://host:port`) plans and the
