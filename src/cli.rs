@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The `voyado-sync` command line: global verbosity flags and one subcommand.
 #[derive(Debug, Parser)]
 #[command(
     name = "voyado-sync",
@@ -17,10 +18,13 @@ pub struct Cli {
     /// More detail on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The options of every command that works on a sync: its configuration file and,
+/// optionally, one shard.
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// The sync's TOML configuration file; relative paths in it resolve against its folder.
@@ -38,6 +42,7 @@ pub struct ConfigArg {
 }
 
 impl ConfigArg {
+    /// The sync this invocation works on: the configuration file and the shard, if any.
     pub fn target(&self) -> crate::config::Target {
         crate::config::Target {
             config: self.config.clone(),
@@ -46,15 +51,18 @@ impl ConfigArg {
     }
 }
 
+/// What to do: one of the subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate the configuration, sources, model and mapping without sending anything.
     Check {
+        /// The configuration file and shard to work on.
         #[command(flatten)]
         config: ConfigArg,
     },
     /// Dry run: count new, changed, unchanged, deleted and invalid rows. Writes nothing.
     Plan {
+        /// The configuration file and shard to work on.
         #[command(flatten)]
         config: ConfigArg,
         /// Print the report as exactly one JSON object on stdout instead of text (logs stay
@@ -68,6 +76,7 @@ pub enum Command {
     },
     /// Adopt the model's current output as the snapshot without sending anything.
     Baseline {
+        /// The configuration file and shard to work on.
         #[command(flatten)]
         config: ConfigArg,
         /// Print the report as exactly one JSON object on stdout instead of text (logs stay
@@ -77,6 +86,7 @@ pub enum Command {
     },
     /// Sync: send the change set to Voyado and commit what it confirmed.
     Run {
+        /// The configuration file and shard to work on.
         #[command(flatten)]
         config: ConfigArg,
         /// Print the report (with outcomes, requests and retries) as exactly one JSON object
@@ -89,6 +99,7 @@ pub enum Command {
     },
     /// List past runs of this sync, from the reports stored with its state.
     History {
+        /// The configuration file and shard to work on.
         #[command(flatten)]
         config: ConfigArg,
         /// Print the stored reports as one JSON array on stdout, oldest first, instead of
@@ -104,6 +115,7 @@ pub enum Command {
     },
     /// Forget the snapshot so the next run sends every row; without --shard, every shard's too.
     Reset {
+        /// The configuration file and shard to work on.
         #[command(flatten)]
         config: ConfigArg,
     },

@@ -70,8 +70,9 @@ pub async fn run_scheduler(settings: Option<&Settings>, bind: SocketAddr) -> Res
 /// Where and how an executor listens.
 #[derive(Debug, Clone)]
 pub struct ExecutorOptions {
-    /// host:port
+    /// The scheduler's address, host:port.
     pub scheduler: String,
+    /// The local address the executor's gRPC and Flight servers bind to.
     pub bind_host: String,
     /// The host the scheduler and clients reach this executor at.
     pub external_host: Option<String>,

@@ -17,11 +17,18 @@ pub use crate::state::StateError;
 
 /// Exit codes documented in the README. Every command maps its outcome to one of these.
 pub mod exit {
+    /// Success.
     pub const OK: u8 = 0;
+    /// Internal error: a bug.
     pub const INTERNAL: u8 = 1;
+    /// Configuration, input or credentials error; nothing was sent.
     pub const INPUT: u8 = 2;
+    /// The run finished and committed, but a warning threshold was breached.
     pub const WARNING: u8 = 3;
+    /// The run could not complete (Voyado or storage unreachable, lock held, or rows left
+    /// for the next run).
     pub const INCOMPLETE: u8 = 4;
+    /// A guard refused the run before anything was sent.
     pub const GUARD: u8 = 5;
 }
 
@@ -46,6 +53,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The process exit code for this kind of failure (one of the `exit` codes).
     pub fn exit_code(self) -> u8 {
         match self {
             ErrorKind::Config | ErrorKind::Input => exit::INPUT,
@@ -56,6 +64,8 @@ impl ErrorKind {
     }
 }
 
+/// The crate's error; its [`ErrorKind`] decides the exit code, and its message is one line
+/// per problem.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Configuration problems; each entry is one line. Nothing was read or sent.
@@ -68,7 +78,9 @@ pub enum Error {
     /// DataFusion error's own variant (see [`engine_kind`]).
     #[error("{context}: {}", one_line(source))]
     Engine {
+        /// What was being done (the stage or key), which prefixes the message.
         context: String,
+        /// The DataFusion error.
         #[source]
         source: DataFusionError,
     },
@@ -76,14 +88,18 @@ pub enum Error {
     /// (`permission denied`), which is what a user acts on.
     #[error("{context}: {}", source.kind())]
     Io {
+        /// What was being done, naming the file or folder.
         context: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
     /// Arrow failed on batches this crate built itself: a bug, unless it failed on I/O.
     #[error("{context}: {}", one_line(source))]
     Arrow {
+        /// What was being done when Arrow failed.
         context: String,
+        /// The Arrow error.
         #[source]
         source: ArrowError,
     },
@@ -91,7 +107,9 @@ pub enum Error {
     /// change set) failed: in the store, or (a bug) in the batches.
     #[error("{context}: {}", one_line(source))]
     Parquet {
+        /// What was being written (the state file or the staged change set).
         context: String,
+        /// The Parquet error.
         #[source]
         source: ParquetError,
     },
@@ -116,6 +134,7 @@ pub enum Error {
 }
 
 impl Error {
+    /// A configuration error of one line.
     pub fn config(msg: impl fmt::Display) -> Self {
         Error::Config(vec![msg.to_string()])
     }
@@ -128,6 +147,7 @@ impl Error {
         }
     }
 
+    /// A local file or folder failure while `context` (naming the file or folder).
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
@@ -135,6 +155,7 @@ impl Error {
         }
     }
 
+    /// An Arrow failure while `context`.
     pub fn arrow(context: impl Into<String>, source: ArrowError) -> Self {
         Error::Arrow {
             context: context.into(),
@@ -142,6 +163,7 @@ impl Error {
         }
     }
 
+    /// A Parquet write failure while `context`.
     pub fn parquet(context: impl Into<String>, source: ParquetError) -> Self {
         Error::Parquet {
             context: context.into(),
@@ -149,6 +171,7 @@ impl Error {
         }
     }
 
+    /// What kind of failure this is, which decides the exit code.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config(_) => ErrorKind::Config,
@@ -167,11 +190,13 @@ impl Error {
         }
     }
 
+    /// The process exit code this error ends the command with.
     pub fn exit_code(&self) -> u8 {
         self.kind().exit_code()
     }
 }
 
+/// A result whose error defaults to the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn lines(all: &[Error]) -> String {

@@ -1,3 +1,6 @@
+//! The `voyado-sync` command: parses the command line, sets up logging, runs the command
+//! and turns its outcome into the documented exit code.
+
 use std::process::ExitCode;
 
 use clap::Parser;

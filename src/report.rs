@@ -7,17 +7,25 @@ use serde::Serialize;
 use crate::diff::{Counts, Sample};
 use crate::sink::voyado::{OutcomeCounts, RequestCounts};
 
+/// The report of one command: what it worked on, when, and what it counted and sent.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Unique, sortable id of the run: its UTC start time plus a random suffix.
     pub run_id: String,
+    /// The sync's name, from the configuration.
     pub sync: String,
+    /// The command that produced the report (`plan`, `baseline`, `run`, ...).
     pub command: String,
     /// `i/n` when the command worked on one shard of the sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<String>,
+    /// The sync's mode: `upsert` or `update`.
     pub mode: String,
+    /// When the command started, RFC 3339 in UTC with milliseconds.
     pub started_at: String,
+    /// How long the command took, in milliseconds.
     pub duration_ms: u64,
+    /// Rows by kind: new, changed, unchanged, deleted and invalid.
     pub counts: Counts,
     /// `run` only: one outcome per new or changed row.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,6 +39,7 @@ pub struct Report {
     /// Breached warning thresholds (the run exits 3).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// A few sample identifiers (with a reason, where there is one) per kind of row.
     pub samples: BTreeMap<String, Vec<Sample>>,
 }
 

@@ -27,7 +27,9 @@ pub const MAX_ITEMS: usize = 4000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum BatchKind {
+    /// A `POST` batch: every item creates a contact.
     Create,
+    /// A `PATCH` batch: every item updates an existing contact.
     Update,
 }
 
@@ -47,6 +49,7 @@ pub enum BatchStatus {
     Queued,
     /// Second half of the delay; forever for a stalled batch.
     Processing,
+    /// Applied: every item was tried and the counts and errors are filled.
     Completed,
     /// The fail fault: nothing of the batch was applied.
     Failed,
@@ -56,10 +59,13 @@ pub enum BatchStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemError {
+    /// Zero-based position of the item in the submitted array.
     pub index: usize,
     /// The item's key attribute as sent, null when absent.
     pub key: Value,
+    /// Why the item was refused, e.g. `MissingKey` or `ContactAlreadyExists`.
     pub error_code: String,
+    /// Human-readable explanation of the error.
     pub message: String,
 }
 
@@ -68,13 +74,21 @@ pub struct ItemError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchInfo {
+    /// The batch id that the status endpoint is polled with.
     pub id: String,
+    /// Whether the batch creates or updates contacts.
     pub kind: BatchKind,
+    /// The contact type all items of the batch belong to.
     pub contact_type: String,
+    /// How many items were submitted.
     pub items: usize,
+    /// The status as of when this was taken.
     pub status: BatchStatus,
+    /// Items applied; 0 until the batch is `Completed`.
     pub succeeded: usize,
+    /// Items not applied; every item for a `Failed` batch.
     pub failed: usize,
+    /// The items that were refused, in submission order; empty unless `Completed`.
     pub errors: Vec<ItemError>,
 }
 

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 pub struct ApiKey(String);
 
 impl ApiKey {
+    /// An API key from its text.
     pub fn new(key: impl Into<String>) -> Self {
         ApiKey(key.into())
     }
@@ -40,6 +41,7 @@ impl FromStr for ApiKey {
 /// A contact type of the tenant and the attribute that identifies its contacts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactTypeConfig {
+    /// The contact type's name, e.g. `Member`.
     pub name: String,
     /// One of `email`, `mobilePhone`, `externalId`, `socialSecurityNumber`.
     pub key: String,
@@ -69,6 +71,7 @@ impl FromStr for ContactTypeConfig {
 /// A request-rate cap: more than `requests` within any `window` are answered 429.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
+    /// Most requests allowed within one `window`.
     pub requests: u32,
     /// One second for Voyado's own cap; tests use a long window to stay timing-free.
     pub window: Duration,
@@ -80,7 +83,9 @@ pub struct RateLimit {
 /// so the same seed and the same request order replay the same faults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Faults {
+    /// Seed of the random streams that decide which requests get faults.
     pub seed: u64,
+    /// Request-rate cap answering 429 beyond it; `None` for no cap.
     pub rate_limit: Option<RateLimit>,
     /// Share (0..=1) of API requests answered 500, 502 or 503 before anything is applied.
     pub error_rate: f64,
@@ -122,7 +127,9 @@ impl Default for Faults {
 /// one contact type, Member keyed by email, on 127.0.0.1 with an OS-chosen port.
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
+    /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// The only API key requests are accepted with.
     pub api_key: ApiKey,
     /// Contact types; a create without `contactType` uses `Member`.
     pub contact_types: Vec<ContactTypeConfig>,
@@ -134,6 +141,7 @@ pub struct EmulatorConfig {
     pub custom_key: String,
     /// Contacts present at start: flat objects, optionally with `id` and `contactType`.
     pub seed_contacts: Vec<Map<String, Value>>,
+    /// Faults to inject; none by default.
     pub faults: Faults,
     /// How long after acceptance a bulk batch is applied: Engage processes batches
     /// asynchronously, so a client must poll their status rather than assume them done.
@@ -143,6 +151,7 @@ pub struct EmulatorConfig {
 }
 
 impl EmulatorConfig {
+    /// A config for this key with the defaults described on `EmulatorConfig`, no faults.
     pub fn new(api_key: impl Into<String>) -> Self {
         EmulatorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -43,14 +43,20 @@ impl SplitMix64 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InjectedFaults {
+    /// Requests answered 429 by the rate-limit fault.
     pub rate_limited: u64,
+    /// Requests answered 500, 502 or 503 by the error-rate fault.
     pub server_errors: u64,
+    /// Successful writes (applied or queued) whose answer was cut off.
     pub lost_answers: u64,
+    /// Contacts created by "another writer" after a lookup answered 404.
     pub race_creates: u64,
+    /// Contacts deleted at start or through `Emulator::delete_contacts`.
     pub deleted_contacts: u64,
     /// Defaulted so dumps written before bulk batches existed still read back as seeds.
     #[serde(default)]
     pub stalled_batches: u64,
+    /// Accepted bulk batches that failed with nothing applied.
     #[serde(default)]
     pub failed_batches: u64,
 }

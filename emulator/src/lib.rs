@@ -50,17 +50,28 @@ use state::Tenant;
 /// Why the emulator could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum EmulatorError {
+    /// The configuration is invalid, e.g. a share outside 0..=1 or no contact type.
     #[error("emulator configuration: {0}")]
     Config(String),
+    /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address that could not be bound.
         addr: SocketAddr,
+        /// The bind error.
         source: std::io::Error,
     },
+    /// A seed or inserted contact was refused.
     #[error("seed contacts: {0}")]
     Seed(String),
+    /// The dump could not be written on shutdown.
     #[error("cannot write the dump to {path}: {message}")]
-    Dump { path: PathBuf, message: String },
+    Dump {
+        /// The `dump_on_exit` path.
+        path: PathBuf,
+        /// Why serializing or writing failed.
+        message: String,
+    },
 }
 
 /// Which contacts to delete, as "another process" would between two sync runs.
@@ -69,6 +80,7 @@ pub enum EmulatorError {
 pub enum Deletion {
     /// Each contact with this probability, drawn from the seeded stream.
     Share(f64),
+    /// These contacts, by id; unknown ids are skipped.
     Ids(Vec<String>),
 }
 
@@ -218,6 +230,7 @@ impl Emulator {
         })
     }
 
+    /// The address the emulator listens on, with the actual port.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -237,6 +250,7 @@ impl Emulator {
         lock(&self.tenant).contacts().cloned().collect()
     }
 
+    /// The contact with this id, if it exists.
     pub fn contact(&self, id: &str) -> Option<Contact> {
         lock(&self.tenant).get(id).cloned()
     }
@@ -251,14 +265,17 @@ impl Emulator {
             .collect()
     }
 
+    /// Requests received so far, by endpoint and status.
     pub fn requests(&self) -> RequestCounts {
         lock(&self.tenant).requests.clone()
     }
 
+    /// Protocol violations recorded so far.
     pub fn violations(&self) -> Violations {
         lock(&self.tenant).violations.clone()
     }
 
+    /// Counts of the faults injected so far.
     pub fn injected_faults(&self) -> InjectedFaults {
         lock(&self.tenant).faults.injected
     }
@@ -270,6 +287,7 @@ impl Emulator {
             .infos(tokio::time::Instant::now())
     }
 
+    /// The bulk batch with this id and its status as of now, if it exists.
     pub fn batch(&self, id: &str) -> Option<BatchInfo> {
         lock(&self.tenant)
             .batches

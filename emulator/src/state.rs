@@ -18,7 +18,9 @@ use super::violations::Violations;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum CreatedBy {
+    /// Present at start (seed contacts) or added with `Emulator::insert_contact`.
     Seed,
+    /// Created through the API by the client under test (single or bulk create).
     Client,
     /// The race-create fault: another integration created it after a lookup missed.
     OtherWriter,
@@ -29,18 +31,26 @@ pub enum CreatedBy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Contact {
+    /// The contact's id, generated unless given by a seed.
     pub id: String,
+    /// The contact type it belongs to, e.g. `Member`.
     pub contact_type: String,
+    /// False when created with `createAsUnapproved=true`.
     pub approved: bool,
+    /// Who created the contact.
     pub created_by: CreatedBy,
+    /// The `source` query parameter of the create, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The `storeExternalId` query parameter of the create, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_external_id: Option<String>,
+    /// The attributes as written, plus the generated `memberNumber`.
     pub attributes: Map<String, Value>,
 }
 
 impl Contact {
+    /// The attribute's stored value, `None` when absent.
     pub fn get(&self, attribute: &str) -> Option<&Value> {
         self.attributes.get(attribute)
     }
@@ -68,18 +78,25 @@ impl Contact {
 /// The API endpoints requests are counted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Endpoint {
+    /// `GET /api/v3/contacts/id`: a lookup by key attribute.
     #[serde(rename = "GET /api/v3/contacts/id")]
     Lookup,
+    /// `POST /api/v3/contacts`: a single create.
     #[serde(rename = "POST /api/v3/contacts")]
     Create,
+    /// `PATCH /api/v3/contacts/{contactId}`: a single update.
     #[serde(rename = "PATCH /api/v3/contacts/{contactId}")]
     Update,
+    /// `GET /api/v3/contacts/{contactId}`: a read by id.
     #[serde(rename = "GET /api/v3/contacts/{contactId}")]
     Get,
+    /// `POST /api/v3/contacts/bulk`: a bulk create.
     #[serde(rename = "POST /api/v3/contacts/bulk")]
     BulkCreate,
+    /// `PATCH /api/v3/contacts/bulk`: a bulk update.
     #[serde(rename = "PATCH /api/v3/contacts/bulk")]
     BulkUpdate,
+    /// `GET /api/v3/contacts/bulk/status`: a bulk batch status poll.
     #[serde(rename = "GET /api/v3/contacts/bulk/status")]
     BulkStatus,
     /// Any `/api/v2/` path.
@@ -96,6 +113,7 @@ pub enum Endpoint {
 pub struct RequestCounts(pub BTreeMap<Endpoint, BTreeMap<u16, u64>>);
 
 impl RequestCounts {
+    /// Counts one request to `endpoint` answered with `status`.
     pub fn record(&mut self, endpoint: Endpoint, status: u16) {
         *self
             .0
@@ -105,6 +123,7 @@ impl RequestCounts {
             .or_default() += 1;
     }
 
+    /// Requests to `endpoint` answered with `status`.
     pub fn count(&self, endpoint: Endpoint, status: u16) -> u64 {
         self.0
             .get(&endpoint)
@@ -118,6 +137,7 @@ impl RequestCounts {
         self.0.get(&endpoint).map_or(0, |m| m.values().sum())
     }
 
+    /// All requests, whatever their endpoint and status.
     pub fn total(&self) -> u64 {
         self.0.values().flat_map(|m| m.values()).sum()
     }
@@ -127,11 +147,17 @@ impl RequestCounts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Dump {
+    /// All contacts in creation order.
     pub contacts: Vec<Contact>,
+    /// All requests counted in `requests`, together.
     pub request_total: u64,
+    /// Requests by endpoint and status.
     pub requests: RequestCounts,
+    /// How many violations were recorded, of all kinds together.
     pub violation_total: u64,
+    /// Violations by kind.
     pub violations: Violations,
+    /// Counts of the faults injected so far.
     pub faults: InjectedFaults,
     /// Bulk batches in acceptance order. Defaulted so older dumps still read back.
     #[serde(default)]

@@ -33,6 +33,7 @@ pub enum ViolationKind {
 }
 
 impl ViolationKind {
+    /// Every kind, in declaration order.
     pub const ALL: [ViolationKind; 11] = [
         ViolationKind::EmptyValue,
         ViolationKind::UnknownAttribute,
@@ -51,7 +52,9 @@ impl ViolationKind {
 /// How often a kind occurred, with the first occurrence as an example.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViolationRecord {
+    /// How many times the kind occurred.
     pub count: u64,
+    /// A description of the first occurrence (method, path, attribute...).
     pub example: String,
 }
 
@@ -61,6 +64,7 @@ pub struct ViolationRecord {
 pub struct Violations(pub BTreeMap<ViolationKind, ViolationRecord>);
 
 impl Violations {
+    /// Counts one occurrence of `kind`, keeping `example` if it is the first.
     pub fn record(&mut self, kind: ViolationKind, example: impl Into<String>) {
         self.0
             .entry(kind)
@@ -81,6 +85,7 @@ impl Violations {
         self.0.values().map(|r| r.count).sum()
     }
 
+    /// The count and first example of `kind`, `None` when never seen.
     pub fn get(&self, kind: ViolationKind) -> Option<&ViolationRecord> {
         self.0.get(&kind)
     }

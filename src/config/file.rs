@@ -5,23 +5,37 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+/// One sync's TOML config file as written, before validation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Names the sync (required); its state lives under `<state>/<name>/`.
     pub name: String,
+    /// `[source]`: the Parquet tables the model reads (required).
     pub source: SourceConfig,
+    /// `[model]`: the SQL query producing the rows to sync (required).
     pub model: ModelConfig,
+    /// `[destination]`: the Voyado tenant and its API key (required).
     pub destination: DestinationConfig,
+    /// `[identifier]`: the model column identifying a contact, and which Voyado key it holds
+    /// (required).
     pub identifier: IdentifierConfig,
+    /// `[fields]`: model column -> Voyado attribute; default empty.
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
+    /// `[custom_attributes]`: model columns sent as attributes of the same name; default empty.
     #[serde(default)]
     pub custom_attributes: CustomAttributesConfig,
+    /// `[sync]`: mode, state location, checkpoints and API choice (required, for `mode`).
     pub sync: SyncConfig,
+    /// `[limits]`: request rate, concurrency, memory and retry limits; each key has its own
+    /// default.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[warnings]`: thresholds above which a committed run exits 3.
     #[serde(default)]
     pub warnings: WarningsConfig,
+    /// `[guards]`: thresholds above which `run` refuses to start (exit 5) unless `--force`.
     #[serde(default)]
     pub guards: GuardsConfig,
     /// Per-location object-store settings: URL prefix -> object_store options
@@ -32,6 +46,7 @@ pub struct Config {
     /// tuning the model's execution beyond what `[limits]` chooses.
     #[serde(default)]
     pub datafusion: BTreeMap<String, toml::Value>,
+    /// `[engine]`: where the model and the change detection run; default local.
     #[serde(default)]
     pub engine: EngineConfig,
 }
@@ -46,6 +61,7 @@ pub struct EngineConfig {
     pub url: Option<String>,
 }
 
+/// `[warnings]`: percentages (0 to 100) above which a committed run exits 3.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WarningsConfig {
@@ -70,6 +86,7 @@ fn default_five() -> f64 {
     5.0
 }
 
+/// `[guards]`: percentages (0 to 100) above which `run` refuses to start (exit 5) unless `--force`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuardsConfig {
@@ -94,6 +111,7 @@ fn default_twenty() -> f64 {
     20.0
 }
 
+/// `[source]`: the Parquet inputs, each registered as a SQL table for the model.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
@@ -101,10 +119,13 @@ pub struct SourceConfig {
     pub tables: BTreeMap<String, String>,
 }
 
+/// `[model]`: the SQL query whose output is synced; set exactly one of `query` and `sql`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// Path of a `.sql` file holding one query, relative to the config file's folder.
     pub query: Option<String>,
+    /// The query inline; only queries run (DDL, DML and `SET` statements are refused).
     pub sql: Option<String>,
     /// Run the model once per slice of its sources (a model larger than memory).
     pub partitions: Option<u32>,
@@ -113,15 +134,22 @@ pub struct ModelConfig {
     pub partition_keys: BTreeMap<String, String>,
 }
 
+/// `[destination]`: the Voyado tenant and where its API key comes from.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
+    /// The tenant's base URL, without a path or query; `https`, or `http` only for loopback hosts.
     pub url: String,
+    /// Name of the environment variable holding the API key; set this or `api_key_file`.
     pub api_key_env: Option<String>,
+    /// Path of a file holding the API key; set this or `api_key_env`.
     pub api_key_file: Option<String>,
+    /// Voyado contact type of the synced contacts; default `"Member"`.
     #[serde(default = "default_contact_type")]
     pub contact_type: String,
+    /// `source` query parameter sent when creating a contact; default none.
     pub source: Option<String>,
+    /// `storeExternalId` query parameter sent when creating a contact; default none.
     pub store_external_id: Option<String>,
 }
 
@@ -129,32 +157,47 @@ fn default_contact_type() -> String {
     "Member".to_string()
 }
 
+/// `[identifier]`: how a model row is matched to a Voyado contact.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentifierConfig {
+    /// Model column identifying the contact (string or integer).
     pub column: String,
+    /// The Voyado key that column holds: `contactId`, `email`, `mobilePhone`,
+    /// `socialSecurityNumber`, `externalId` or `memberNumber`.
     pub key: String,
     /// A model column holding a known Voyado contactId, used when non-null.
     pub contact_id_column: Option<String>,
 }
 
+/// `[custom_attributes]`: model columns exported as Voyado attributes of the same name.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomAttributesConfig {
+    /// The model columns to export; default empty.
     #[serde(default)]
     pub columns: Vec<String>,
 }
 
+/// `[sync]`: how the sync delivers rows and where it keeps its state.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
+    /// `upsert` (create missing contacts) or `update` (existing contacts only); required.
     pub mode: String,
+    /// Folder or object-store URL for snapshots, staged change sets, reports and the lock;
+    /// default `".voyado-sync"`.
     #[serde(default = "default_state")]
     pub state: String,
+    /// Age in seconds after which a lock is taken over; default 3600, at least 1.
     #[serde(default = "default_lock_stale_secs")]
     pub lock_stale_secs: u64,
+    /// Confirmed outcomes are appended to the state at least every this many rows; default
+    /// 5000, at least 1.
     #[serde(default = "default_checkpoint_rows")]
     pub checkpoint_rows: u64,
+    /// Confirmed outcomes are appended to the state at least this often, in seconds; default
+    /// 30, at least 1.
     #[serde(default = "default_checkpoint_secs")]
     pub checkpoint_secs: u64,
     /// `single` (one request per contact) or `bulk` (Voyado's bulk endpoints).
@@ -203,22 +246,30 @@ fn default_lock_stale_secs() -> u64 {
     3600
 }
 
+/// `[limits]`: request rate, concurrency, memory and retry limits.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// Client-side rate limit in requests per second; default 40 (Voyado asks for under 50 per
+    /// key), at least 1.
     #[serde(default = "default_rps")]
     pub requests_per_second: u32,
+    /// Requests in flight at once; default 8, at least 1.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
+    /// DataFusion's memory pool for the model and the diff, in MiB; default 2048, at least 64.
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: u64,
     /// 0 = choose from the snapshot size and the memory limit.
     #[serde(default)]
     pub diff_partitions: u32,
+    /// Retries of one request; default 8.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// Timeout of each request, in seconds; default 30, at least 1.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// Total time one request may spend retrying, in seconds; default 300.
     #[serde(default = "default_retry_budget_secs")]
     pub retry_budget_secs: u64,
     /// First backoff step; each retry doubles it (with jitter), up to 60 s.

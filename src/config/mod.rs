@@ -22,7 +22,9 @@ pub use settings::{
 /// What a command works on: a config file and, for a sharded sync, the worker's shard.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// Path of the sync's TOML config file.
     pub config: PathBuf,
+    /// The shard this worker handles (`--shard i/n`); `None` for the whole sync.
     pub shard: Option<Shard>,
 }
 

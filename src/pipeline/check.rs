@@ -8,8 +8,11 @@ use crate::state::State;
 /// `Error::Problems`, which exits with the code of the most fundamental one).
 #[derive(Debug)]
 pub struct CheckOutcome {
+    /// The settings the config resolved to.
     pub settings: Settings,
+    /// The model's output columns, each as `name type`.
     pub columns: Vec<String>,
+    /// Non-fatal notes on the config, one line each.
     pub notes: Vec<String>,
 }
 

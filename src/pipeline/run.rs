@@ -27,10 +27,14 @@ pub struct RunOptions {
 /// A finished run: its report and the exit code it maps to.
 #[derive(Debug)]
 pub struct RunResult {
+    /// The run's report.
     pub report: Report,
+    /// The process exit code the run maps to (see the exit codes in docs/operations.md).
     pub exit_code: u8,
 }
 
+/// Runs one sync of `target` under its lock: diff, stage, guards, key probe, send,
+/// checkpoints, commit and report.
 pub async fn run(target: impl Into<Target>, options: &RunOptions) -> Result<RunResult> {
     let p = prepare(&target.into(), true).await?;
     let api_key = ApiKey::read(&p.settings)?;

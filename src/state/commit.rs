@@ -29,7 +29,9 @@ pub enum Recording<'a> {
     Created(Option<&'a str>),
     /// Delivered (updated, or nothing to send), with the id learnt, else the one it had.
     Delivered(Option<&'a str>),
+    /// Voyado had no contact with the identifier (a sync that only updates).
     NotFound,
+    /// Refused for good by Voyado.
     Rejected,
     /// Deleted from the model: removed from the snapshot.
     Deleted,
@@ -39,6 +41,8 @@ pub enum Recording<'a> {
 /// sent again next run. The sink's outcomes implement it, so the state does not depend on
 /// the sink.
 pub trait Recorded {
+    /// What the state records of this outcome; `None` leaves the row unconfirmed, to be
+    /// sent again next run.
     fn recording(&self) -> Option<Recording<'_>>;
 }
 

@@ -5,12 +5,15 @@ use datafusion::error::DataFusionError;
 
 use crate::error::{ErrorKind, one_line};
 
+/// A failure of the state location or of what it holds.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// An object store call on the state location failed.
     #[error("{context}: {}", one_line(source))]
     Store {
+        /// What was being done on the state location.
         context: String,
+        /// The object store error.
         #[source]
         source: object_store::Error,
     },
@@ -19,7 +22,9 @@ pub enum StateError {
     /// the rest is classified like any DataFusion failure.
     #[error("{context}: {}", one_line(source))]
     Files {
+        /// What was being read.
         context: String,
+        /// The DataFusion error.
         #[source]
         source: DataFusionError,
     },
@@ -32,6 +37,7 @@ pub enum StateError {
 }
 
 impl StateError {
+    /// An object store failure on the state location while `context`.
     pub fn store(context: impl Into<String>, source: object_store::Error) -> Self {
         StateError::Store {
             context: context.into(),
@@ -39,6 +45,7 @@ impl StateError {
         }
     }
 
+    /// A DataFusion failure reading the state's own files while `context`.
     pub fn files(context: impl Into<String>, source: DataFusionError) -> Self {
         StateError::Files {
             context: context.into(),
@@ -46,6 +53,8 @@ impl StateError {
         }
     }
 
+    /// What kind of failure this is, which decides the exit code: a held lock is `Locked`,
+    /// most others `Storage`.
     pub fn kind(&self) -> ErrorKind {
         match self {
             StateError::Store { .. } | StateError::Unusable(_) => ErrorKind::Storage,

@@ -13,12 +13,18 @@ use serde::{Deserialize, Serialize};
 use super::StateError;
 use crate::error::{Error, Result};
 
+/// What `lock.json` holds: which run took the lock, where and when.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockInfo {
+    /// The run holding the lock.
     pub run_id: String,
+    /// The command that took it.
     pub command: String,
+    /// The holder's process id on its host.
     pub pid: u32,
+    /// The holder's host name.
     pub host: String,
+    /// When the lock was taken, RFC 3339 in UTC.
     pub acquired_at: String,
 }
 
@@ -30,6 +36,7 @@ pub struct Lock {
     released: bool,
 }
 
+/// This machine's host name, or `unknown` when it cannot be read.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
@@ -49,6 +56,9 @@ pub(crate) fn process_alive(pid: u32) -> bool {
 }
 
 impl Lock {
+    /// Takes the lock at `path` for `run_id` running `command`, taking over one whose
+    /// process is gone or that is older than `stale_secs` seconds; fails while another run
+    /// holds it.
     pub async fn acquire(
         store: Arc<dyn ObjectStore>,
         path: ObjPath,
@@ -147,6 +157,7 @@ impl Lock {
         ))))
     }
 
+    /// Removes the lock; one already gone is fine.
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
         match self.store.delete(&self.path).await {
@@ -168,6 +179,8 @@ impl Drop for Lock {
 }
 
 impl super::State {
+    /// Takes this sync's lock (`lock.json`) for `run_id` running `command`; a lock older
+    /// than `stale_secs` seconds, or whose process is gone, is taken over.
     pub async fn lock(&self, run_id: &str, command: &str, stale_secs: u64) -> Result<Lock> {
         Lock::acquire(
             Arc::clone(&self.store),

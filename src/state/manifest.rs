@@ -10,10 +10,14 @@ use super::StateError;
 use super::{State, storage};
 use crate::error::{Error, Result};
 
+/// The manifest format this version writes; a state with a newer one is refused.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The contents of `manifest.json`: the files that make up a sync's state and what they
+/// were built with.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
+    /// Version of the manifest format (see `FORMAT_VERSION`).
     pub format_version: u32,
     /// Version of the row hash stored in the snapshot and deltas.
     pub hash_version: u32,
@@ -30,11 +34,15 @@ pub struct Manifest {
     pub deltas: Vec<String>,
     /// Rows in the snapshot files (deltas not included).
     pub snapshot_rows: u64,
+    /// The run that wrote this manifest.
     pub run_id: String,
+    /// When the state was committed, RFC 3339 in UTC with milliseconds; empty before the
+    /// first commit.
     pub committed_at: String,
 }
 
 impl State {
+    /// Reads the sync's manifest; `None` when the sync has no state yet.
     pub async fn manifest(&self) -> Result<Option<Manifest>> {
         let path = self.path("manifest.json");
         match self.store.get(&path).await {

@@ -47,18 +47,23 @@ pub use reports::RejectedRows;
 
 /// Snapshot column names. Attribute columns follow them, named by attribute.
 pub const IDENTIFIER: &str = "_identifier";
+/// The Voyado contact id of the row, when known.
 pub const CONTACT_ID: &str = "_contact_id";
+/// What Voyado last said of the row, as `SnapshotStatus::as_str`.
 pub const STATUS: &str = "_status";
+/// Hash of the row's attribute values as last delivered.
 pub const ROW_HASH: &str = "_row_hash";
 /// Delta-only columns.
 pub const OP: &str = "_op";
 
+/// The snapshot's fixed columns, in order; attribute columns follow.
 pub const FIXED_COLUMNS: [&str; 4] = [IDENTIFIER, CONTACT_ID, STATUS, ROW_HASH];
 
 /// What Voyado last said of a snapshot row. Stored in `_status` as
 /// [`SnapshotStatus::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SnapshotStatus {
+    /// Voyado accepted the row.
     Delivered,
     /// Voyado had no contact with the identifier (a sync that only updates).
     NotFound,
@@ -67,12 +72,14 @@ pub enum SnapshotStatus {
 }
 
 impl SnapshotStatus {
+    /// Every status.
     pub const ALL: [SnapshotStatus; 3] = [
         SnapshotStatus::Delivered,
         SnapshotStatus::NotFound,
         SnapshotStatus::Rejected,
     ];
 
+    /// The status's name as stored in `_status`.
     pub const fn as_str(self) -> &'static str {
         match self {
             SnapshotStatus::Delivered => "delivered",
@@ -81,6 +88,7 @@ impl SnapshotStatus {
         }
     }
 
+    /// The status stored as `s` in `_status`, or `None` for an unknown name.
     pub fn parse(s: &str) -> Option<SnapshotStatus> {
         SnapshotStatus::ALL.into_iter().find(|k| k.as_str() == s)
     }
@@ -103,6 +111,7 @@ pub enum DeltaOp {
 }
 
 impl DeltaOp {
+    /// The operation's name as stored in `_op`.
     pub const fn as_str(self) -> &'static str {
         match self {
             DeltaOp::Upsert => "upsert",
@@ -117,6 +126,7 @@ impl std::fmt::Display for DeltaOp {
     }
 }
 
+/// A sync's (or one shard's) state, on a local folder or an object store.
 #[derive(Debug, Clone)]
 pub struct State {
     store: Arc<dyn ObjectStore>,
@@ -194,6 +204,7 @@ impl State {
         }
     }
 
+    /// Where the state is, for messages: a local path or a URL without credentials.
     pub fn location(&self) -> &str {
         &self.display
     }
@@ -216,7 +227,9 @@ pub fn shard_dir(s: crate::config::Shard) -> String {
 /// How a sync's state is laid out now: an unsharded snapshot, and the shards that have one.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Layout {
+    /// Whether the sync has an unsharded state (a manifest of its own).
     pub unsharded: bool,
+    /// The shards that have a state, by count, then index.
     pub shards: Vec<crate::config::Shard>,
 }
 
@@ -259,8 +272,11 @@ impl State {
 /// What a commit records besides the rows.
 #[derive(Debug, Clone)]
 pub struct NewSnapshot {
+    /// The run that commits.
     pub run_id: String,
+    /// The identifier key the rows were built with.
     pub identifier_key: String,
+    /// Every attribute a stored hash may cover, with its type class.
     pub attributes: BTreeMap<String, String>,
 }
 

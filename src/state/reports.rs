@@ -23,6 +23,7 @@ pub struct RejectedRows<'a> {
 }
 
 impl<'a> RejectedRows<'a> {
+    /// A writer for the rows rejected in run `run_id`; nothing is written until one comes.
     pub fn new(state: &'a State, run_id: &str) -> RejectedRows<'a> {
         RejectedRows {
             state,

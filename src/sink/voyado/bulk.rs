@@ -28,10 +28,16 @@ pub const IN_FLIGHT: usize = 4;
 /// The longest wait between two status polls of one batch.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 
+/// Sends rows through Voyado's bulk API and gives them outcomes once their batches finish.
 pub struct BulkPlanner<'a> {
+    /// The transport the batches go through.
     pub client: &'a Client,
+    /// The sync mode: whether rows unknown to Voyado are created (UPSERT) or end
+    /// not_found (UPDATE).
     pub mode: Mode,
+    /// The identifier attribute bulk items are matched by.
     pub key: Key,
+    /// Batch size, status poll interval and batch timeout.
     pub settings: BulkSettings,
     /// Set when the status endpoint itself is missing (the assumed v3 path answers 404
     /// or 405): no later batch is submitted, since none could ever be confirmed.

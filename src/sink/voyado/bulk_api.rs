@@ -48,8 +48,11 @@ pub enum BatchState {
     /// Finished: every item not listed in `errors` was applied. The counts, when the
     /// answer gives them, let the caller check the batch it meant was the one reported.
     Completed {
+        /// The items the batch could not apply.
         errors: Vec<ItemError>,
+        /// Items in the batch, when the answer says.
         total: Option<usize>,
+        /// Items applied, when the answer says.
         succeeded: Option<usize>,
     },
     /// The batch as a whole failed: nothing of it may be taken as applied.
@@ -63,7 +66,9 @@ pub struct ItemError {
     pub index: Option<usize>,
     /// The item's key value, when the answer gives it.
     pub key: Option<String>,
+    /// Voyado's error code for the item, such as `ContactNotFound`.
     pub code: String,
+    /// Voyado's message for the item; may be empty.
     pub message: String,
 }
 

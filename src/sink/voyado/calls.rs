@@ -17,16 +17,29 @@ pub const PROBE_EMAIL: &str = "voyado-sync-probe@example.com";
 pub enum VoyadoError {
     /// The credentials are wrong: fixing them is the user's part.
     #[error("API key rejected ({status})")]
-    KeyRejected { status: u16 },
+    KeyRejected {
+        /// The HTTP status of the refusal (401 or 403).
+        status: u16,
+    },
     /// The key probe got an answer that is neither yes nor no.
     #[error("Voyado answered the key probe with {reason}")]
-    Probe { reason: String },
+    Probe {
+        /// The HTTP status and body that came back.
+        reason: String,
+    },
     /// Nothing usable answered at the destination URL.
     #[error("Voyado cannot be used at {base}: {reason}")]
-    Unreachable { base: String, reason: String },
+    Unreachable {
+        /// The destination URL.
+        base: String,
+        /// Why nothing usable answered.
+        reason: String,
+    },
 }
 
 impl VoyadoError {
+    /// The error kind this maps to: a rejected key is a configuration error, the rest
+    /// destination errors.
     pub fn kind(&self) -> ErrorKind {
         match self {
             VoyadoError::KeyRejected { .. } => ErrorKind::Config,
@@ -35,39 +48,60 @@ impl VoyadoError {
     }
 }
 
+/// What looking a contact up by key came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
+    /// Found: the contact's id.
     Found(String),
+    /// No contact has this key.
     NotFound,
+    /// Refused for this row (such as several contacts sharing the key): the reason.
     Rejected(String),
+    /// No usable answer (transport, 401/403, no id in the answer): the row is sent again
+    /// next run.
     Failed(String),
 }
 
+/// What creating a contact came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Create {
     /// Created; the id is None when the answer did not carry one.
     Created(Option<String>),
     /// 409: a contact with this key exists (or is being created).
     Exists,
+    /// Refused for this row: the reason.
     Rejected(String),
+    /// The create may or may not have been applied: look the contact up before trying
+    /// again.
     Unknown(String),
+    /// Not applied (transport, 401/403, retries exhausted): the reason; the row is sent
+    /// again next run.
     Failed(String),
 }
 
+/// What partially updating a contact came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
+    /// Updated.
     Updated,
+    /// No contact has this id (any more).
     NotFound,
+    /// Refused for this row: the reason.
     Rejected(String),
+    /// No usable answer (transport, 401/403, retries exhausted): the row is sent again
+    /// next run.
     Failed(String),
 }
 
 /// The answer to a bulk write: accepted (with its batch id) or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Submit {
+    /// Accepted: the batch id to poll.
     Accepted(String),
     /// Refused as a whole (4xx): the reason applies to every item.
     Rejected(String),
+    /// Not accepted or not confirmed (transport, 401/403, no batch id): the items are
+    /// sent again next run.
     Failed(String),
 }
 

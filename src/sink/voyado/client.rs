@@ -26,6 +26,7 @@ impl std::fmt::Debug for ApiKey {
 }
 
 impl ApiKey {
+    /// Reads the key from the environment variable or file `[destination]` names.
     pub fn read(settings: &Settings) -> Result<ApiKey> {
         settings
             .destination
@@ -39,6 +40,7 @@ impl ApiKey {
         Ok(ApiKey(raw.trim().to_string()))
     }
 
+    /// A key given as text (surrounding whitespace trimmed).
     pub fn from_value(v: &str) -> ApiKey {
         ApiKey(v.trim().to_string())
     }
@@ -47,13 +49,19 @@ impl ApiKey {
 /// Requests by endpoint and answer (`"200"`, `"404"`, `"timeout"`, `"connection"`...).
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct RequestCounts {
+    /// Contact lookups by key.
     pub lookup: BTreeMap<String, u64>,
+    /// Single-contact creates.
     pub create: BTreeMap<String, u64>,
+    /// Single-contact updates.
     pub update: BTreeMap<String, u64>,
+    /// Bulk create submissions.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub bulk_create: BTreeMap<String, u64>,
+    /// Bulk update submissions.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub bulk_update: BTreeMap<String, u64>,
+    /// Bulk batch status polls.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub bulk_status: BTreeMap<String, u64>,
 }
@@ -85,6 +93,8 @@ pub(super) enum Reply {
     Failed(String),
 }
 
+/// The HTTP client for the configured Voyado tenant: every call is paced, timed out,
+/// retried where safe and counted.
 pub struct Client {
     pub(super) http: reqwest::Client,
     pub(super) base: String,
@@ -102,6 +112,8 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client for the configured destination and limits, sending `api_key` with every
+    /// request.
     pub fn new(settings: &Settings, api_key: &ApiKey) -> Result<Client> {
         let mut headers = HeaderMap::new();
         let mut key = HeaderValue::from_str(&api_key.0).map_err(|_| {
@@ -159,10 +171,12 @@ impl Client {
         self
     }
 
+    /// The requests made so far, by endpoint and answer.
     pub fn counts(&self) -> RequestCounts {
         self.counts.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
+    /// How many times requests have been retried so far, over all endpoints.
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }

@@ -29,6 +29,7 @@ enum Kind {
 }
 
 impl ColumnEncoder {
+    /// An encoder for `array`; an error for a column type that cannot be sent to Voyado.
     pub fn new(array: &ArrayRef) -> Result<ColumnEncoder> {
         use DataType::*;
         let text = |a: &ArrayRef| -> Result<StringArray> {

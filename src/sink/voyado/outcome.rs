@@ -5,13 +5,16 @@ use serde::Serialize;
 
 use crate::state::{Recorded, Recording};
 
+/// What became of one staged row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Created; the contactId when the answer carried one (bulk answers do not).
     Created(Option<String>),
+    /// Updated; the contactId when known.
     Updated(Option<String>),
     /// Nothing to send; the snapshot takes the row's current values.
     Skipped(Option<String>),
+    /// No such contact in Voyado, and the sync mode or key does not create one.
     NotFound,
     /// A permanent refusal, with Voyado's message.
     Rejected(String),
@@ -40,15 +43,22 @@ impl Outcome {
 /// Serialised field by field into reports, each field named as [`Outcome::as_str`].
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct OutcomeCounts {
+    /// Rows created.
     pub created: u64,
+    /// Rows updated.
     pub updated: u64,
+    /// Rows with nothing to send.
     pub skipped: u64,
+    /// Rows whose contact Voyado does not have.
     pub not_found: u64,
+    /// Rows Voyado refused permanently.
     pub rejected: u64,
+    /// Rows that failed transiently, sent again next run.
     pub failed: u64,
 }
 
 impl OutcomeCounts {
+    /// Counts one outcome (deleted rows are not counted).
     pub fn add(&mut self, o: &Outcome) {
         match o {
             Outcome::Created(_) => self.created += 1,
@@ -61,6 +71,7 @@ impl OutcomeCounts {
         }
     }
 
+    /// All rows counted.
     pub fn total(&self) -> u64 {
         self.created + self.updated + self.skipped + self.not_found + self.rejected + self.failed
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+/// Spaces request starts evenly, shared by every task of a client.
 #[derive(Debug)]
 pub struct Pacer {
     interval: Duration,
@@ -13,6 +14,7 @@ pub struct Pacer {
 }
 
 impl Pacer {
+    /// A pacer allowing `requests_per_second` requests a second on average (at least one).
     pub fn new(requests_per_second: u32) -> Pacer {
         Pacer {
             interval: Duration::from_secs_f64(1.0 / f64::from(requests_per_second.max(1))),

@@ -122,6 +122,7 @@ pub struct Rechunker {
 }
 
 impl Rechunker {
+    /// A rechunker cutting batches of `schema` into chunks of `chunk` rows.
     pub fn new(schema: SchemaRef, chunk: usize) -> Rechunker {
         Rechunker {
             schema,
@@ -131,6 +132,7 @@ impl Rechunker {
         }
     }
 
+    /// Buffers a staged batch for the chunks to come.
     pub fn push(&mut self, batch: RecordBatch) {
         self.buffered_rows += batch.num_rows();
         self.buffered.push(batch);

@@ -11,11 +11,13 @@ use std::time::Duration;
 /// What to do with an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryAction {
+    /// The request succeeded.
     Success,
     /// Retry: the request certainly was not applied, or applying it twice is harmless.
     Retry,
     /// The request may have been applied; a non-idempotent caller must check first.
     Unknown,
+    /// A final answer: trying again would get the same one.
     DontRetry,
 }
 
@@ -54,6 +56,8 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// A backoff starting from `base`, with waits capped at `max` and jitter drawn from
+    /// `seed`.
     pub fn new(base: Duration, max: Duration, seed: u64) -> Backoff {
         Backoff {
             base,

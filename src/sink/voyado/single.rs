@@ -14,10 +14,16 @@ use super::outcome::Outcome;
 use super::request::EncodedRow;
 use crate::config::{Key, Mode};
 
+/// Sends rows one contact at a time, with the lookups, creates and updates each needs.
 pub struct SinglePlanner<'a> {
+    /// The transport the calls go through.
     pub client: &'a Client,
+    /// The sync mode: whether contacts unknown to Voyado are created (UPSERT) or end
+    /// not_found (UPDATE).
     pub mode: Mode,
+    /// The identifier attribute contacts are looked up by.
     pub key: Key,
+    /// The contact type new contacts are created with.
     pub contact_type: &'a str,
 }
 
@@ -47,6 +53,7 @@ impl SinglePlanner<'_> {
             .await
     }
 
+    /// The outcome of one row, after the calls it needs.
     pub async fn process(&self, job: &EncodedRow) -> Outcome {
         let payload = if job.as_new { &job.full } else { &job.changed };
         if self.key == Key::ContactId {

@@ -24,7 +24,9 @@ use crate::state::StateError;
 pub enum Sender<'a> {
     /// One request (or a few) per row, `concurrency` rows at a time.
     Single {
+        /// The planner making each row's calls.
         planner: SinglePlanner<'a>,
+        /// Rows in flight at once.
         concurrency: usize,
     },
     /// Bulk batches, polled until Voyado reports them finished.
@@ -87,13 +89,16 @@ pub struct OutcomeChunk {
     pub sent: u64,
     /// The rows Voyado rejected, with their reasons.
     pub rejected_ids: Vec<String>,
+    /// The reasons for `rejected_ids`, in the same order.
     pub rejected_reasons: Vec<String>,
 }
 
 /// What a run's sending came to: outcome counts, and samples of rows not delivered.
 #[derive(Debug, Default)]
 pub struct Delivered {
+    /// Rows counted by outcome.
     pub outcomes: OutcomeCounts,
+    /// Up to five rejected and failed rows per outcome name, with their reasons.
     pub samples: BTreeMap<String, Vec<Sample>>,
 }
 

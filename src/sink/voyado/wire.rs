@@ -25,6 +25,7 @@ pub fn truncate(s: &str) -> String {
     }
 }
 
+/// Percent-encodes a value for a URL path segment or query parameter.
 pub fn encode(v: &str) -> String {
     utf8_percent_encode(v, URL_VALUE).to_string()
 }
